@@ -1,0 +1,92 @@
+"""Command line: ``python rupq/main.py --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]``.
+
+config → objects → ``Task.run``. Errors in the user's input are printed as one line and exit
+with status 2 (``--debug`` shows the traceback).
+"""
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `import rupq` work without PYTHONPATH
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rupq.errors import ConfigError, RupqError  # noqa: E402  (no torch import yet: --gpu comes first)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rupq", description="Train or quantize a model from a YAML config.")
+    parser.add_argument("--config", required=True, help="YAML config (see rupq/examples)")
+    parser.add_argument("--logdir", required=True, help="runs go to LOGDIR/version_N (next free N)")
+    parser.add_argument("--load", help="model.ckpt of an earlier run, or torchvision:resnet18 / torchvision:mobilenet_v2")
+    parser.add_argument("--checkpoint_path", help="resume from a training checkpoint (LOGDIR/version_N/checkpoints/last.ckpt)")
+    parser.add_argument("--gpu", help="visible CUDA devices, e.g. 0 or 0,1 (several: DataParallel)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    return parser.parse_args(argv)
+
+
+def next_version_dir(logdir: Path) -> Path:
+    """Create and return ``logdir/version_N`` for the first N not taken; never reuse one."""
+    if logdir.exists() and not logdir.is_dir():
+        raise ConfigError(f"--logdir {logdir} is a file, not a folder")
+    logdir.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in logdir.glob("version_*") if p.name[8:].isdigit()]
+    number = max(taken, default=-1) + 1
+    while True:
+        candidate = logdir / f"version_{number}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:  # another run took it meanwhile
+            number += 1
+
+
+def select_device(gpu: str | None):
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if gpu:
+        print(f"--gpu {gpu}: CUDA is not available, running on the CPU", flush=True)
+    return torch.device("cpu")
+
+
+def run(args: argparse.Namespace) -> Path:
+    from rupq.config import load_config
+    from rupq.tools.training.task import RunContext, Task
+
+    config = load_config(args.config)
+    task = config.get("task")
+    if not isinstance(task, Task):
+        found = "nothing" if task is None else type(task).__name__
+        raise ConfigError(f"the config needs a top-level `task: !Task`, found {found}", args.config)
+    device = select_device(args.gpu)
+    version_dir = next_version_dir(Path(args.logdir))
+    shutil.copyfile(args.config, version_dir / "config.yaml")
+    print(f"writing to {version_dir}", flush=True)
+    task.run(RunContext(version_dir=version_dir, device=device, load=args.load, checkpoint_path=args.checkpoint_path))
+    return version_dir
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu  # before torch initialises CUDA
+    from rupq.tools.training.trainer import TrainingInterrupted
+
+    try:
+        run(args)
+    except RupqError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingInterrupted as interrupted:
+        print(str(interrupted), file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

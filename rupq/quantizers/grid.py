@@ -1,0 +1,191 @@
+"""The LSQ grid (Esser et al., 2019) as one fused autograd function.
+
+For a tensor ``x``, a learnable step ``s`` (a scalar, or one per output channel) and the
+integer range ``[n, p]``::
+
+    g   = 1 / sqrt(p * numel(x) / numel(s))        # gradient scale of the step
+    s'  = s in the forward pass, its gradient multiplied by g
+    v   = clamp(x / s', n, p)
+    q   = round(v)          (straight-through: dq/dv = 1)
+    out = q * s'
+
+Exactly on a bound (``x / s' == n`` or ``== p``) half of the incoming gradient reaches ``x``
+(as PyTorch's ``clamp`` with tensor bounds does in the original implementation), strictly
+inside all of it, outside none.
+
+The fused function also applies the LSQ+ offset ``o`` and RUPQ's standardization ``σ`` around
+the grid, because all three share one elementwise pass::
+
+    t   = ((x - o) / σ) / s'
+    out = round(clamp(t, n, p)) * s' * σ + o
+
+with the gradients (``m`` = 1 inside, 1/2 on a bound, 0 outside; sums run over the elements
+sharing one step / σ / offset)::
+
+    dL/dx  = g_out * m
+    dL/ds' = Σ g_out * σ * (q - m t)
+    dL/dσ  = Σ g_out * s' * (q - m t)
+    dL/do  = Σ g_out * (1 - m)
+
+Only the input and a few scalars are kept for backward (the input is alive anyway: it is a
+weight, or the previous layer's output that its own backward keeps); the backward pass
+recomputes ``t`` with the same operations as the forward pass, so the masks agree bit for bit.
+"""
+
+import math
+
+import torch
+
+#: Smallest step magnitude the grid divides by. An optimizer may push a step to zero or below;
+#: the grid then uses ``max(|s|, STEP_EPSILON)``, which is the identity (values and gradients)
+#: for every step above it, so normal training is unchanged bit for bit.
+STEP_EPSILON = 1e-8
+
+
+def integer_range(bit_width: int, half_wave: bool) -> tuple[int, int]:
+    """``(n, p)``: ``(0, 2^b - 1)`` for half-wave tensors, ``(-2^(b-1), 2^(b-1) - 1)`` otherwise."""
+    if half_wave:
+        return 0, 2**bit_width - 1
+    return -(2 ** (bit_width - 1)), 2 ** (bit_width - 1) - 1
+
+
+def step_gradient_scale(x_numel: int, step_numel: int, positive_clip: int) -> float:
+    """LSQ's ``g = 1 / sqrt(p * numel(x) / numel(s))``."""
+    return 1.0 / math.sqrt(positive_clip * x_numel / step_numel)
+
+
+def scale_gradient(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    """``tensor`` in the forward pass; its gradient multiplied by ``factor`` in backward.
+
+    Written as ``(t - t f).detach() + t f`` like the original, whose forward value may differ
+    from ``t`` in the last bit; keeping the same expression keeps outputs identical to it.
+    """
+    scaled = tensor * factor
+    return (tensor - scaled).detach() + scaled
+
+
+def guard_step(step: torch.Tensor) -> torch.Tensor:
+    """``max(|s|, STEP_EPSILON)``: a step trained to zero or below cannot produce inf/NaN."""
+    return step.abs().clamp_min(STEP_EPSILON)
+
+
+def _standardized_codes(x, step, sigma, offset):
+    """``t = ((x - o) / σ) / s'`` in float32, in a fresh tensor."""
+    t = x.float()
+    if offset is not None:
+        t = t - offset
+        if sigma is not None:
+            t.div_(sigma)
+    elif sigma is not None:
+        t = t / sigma
+    else:
+        return t / step
+    return t.div_(step)
+
+
+def fake_quantize_values(x, step, n, p, sigma=None, offset=None) -> torch.Tensor:
+    """Forward values only (no autograd): ``round(clamp(t, n, p)) * s' * σ + o`` in float32."""
+    out = _standardized_codes(x, step, sigma, offset).clamp_(n, p).round_().mul_(step)
+    if sigma is not None:
+        out.mul_(sigma)
+    if offset is not None:
+        out.add_(offset)
+    return out
+
+
+def _is_per_channel(shape: torch.Size) -> bool:
+    return math.prod(shape) > 1
+
+
+def _sum_products(a: torch.Tensor, b: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """``Σ a b`` over everything (shape ``[]``) or per leading channel (shape ``[C]``), no temporaries."""
+    if not per_channel:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    channels = a.shape[0]
+    return torch.bmm(a.reshape(channels, 1, -1), b.reshape(channels, -1, 1)).reshape(channels)
+
+
+def _sum_to(values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a ``[C]`` or ``[]`` tensor of per-channel sums to a step/σ/offset ``shape``."""
+    if _is_per_channel(shape):
+        return values.reshape(shape)
+    return values.sum().reshape(shape)
+
+
+class LsqFakeQuantize(torch.autograd.Function):
+    """``out = round(clamp(((x - o) / σ) / s', n, p)) * s' * σ + o`` with LSQ's gradients.
+
+    ``step`` is ``s'`` (the gradient scale ``g`` is applied by the caller); ``sigma`` and
+    ``offset`` may be ``None``. Parameters are scalars or one per leading channel of ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, sigma, offset, n: int, p: int):
+        ctx.n, ctx.p = n, p
+        ctx.x_dtype = x.dtype
+        ctx.has_sigma, ctx.has_offset = sigma is not None, offset is not None
+        ctx.save_for_backward(x, step, sigma, offset)
+        return fake_quantize_values(x, step, n, p, sigma, offset)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, step, sigma, offset = ctx.saved_tensors
+        n, p = ctx.n, ctx.p
+        grad = grad_out.float()
+        if not grad.is_contiguous():
+            grad = grad.contiguous()
+        codes = _standardized_codes(x, step, sigma, offset)
+        clamped = codes.clamp(n, p)
+
+        # m * grad: where(inside-or-bound) + where(strictly inside), halved -> 1, 1/2, 0.
+        grad_x = torch.where(codes == clamped, grad, 0.0)
+        grad_x.add_(torch.ops.aten.hardtanh_backward(grad, codes, n, p)).mul_(0.5)
+        del codes
+
+        need_x, need_step, need_sigma, need_offset = ctx.needs_input_grad[:4]
+        grad_step = grad_sigma = grad_offset = None
+        if need_step or need_sigma or need_offset:
+            # (q - m t) g = m g (q - t) + (1 - m) g q: exact per element, since where
+            # m != 0, t equals its clamped value and q - t is computed exactly.
+            outside_grad = grad - grad_x
+            per_channel = any(
+                t is not None and _is_per_channel(t.shape) for t in (step, sigma, offset)
+            )
+            if need_step or need_sigma:
+                rounded = clamped.round()
+                residual = _sum_products(outside_grad, rounded, per_channel)
+                residual += _sum_products(grad_x, rounded.sub_(clamped), per_channel)
+                if need_step:
+                    weighted = residual if sigma is None else residual * sigma.reshape(-1).squeeze()
+                    grad_step = _sum_to(weighted, step.shape)
+                if need_sigma:
+                    grad_sigma = _sum_to(residual * step.reshape(-1).squeeze(), sigma.shape)
+            if need_offset:
+                if per_channel:
+                    offset_sums = outside_grad.reshape(outside_grad.shape[0], -1).sum(1)
+                else:
+                    offset_sums = outside_grad.sum()
+                grad_offset = _sum_to(offset_sums, offset.shape)
+        if need_x:
+            grad_x = grad_x.to(ctx.x_dtype)
+        else:
+            grad_x = None
+        return grad_x, grad_step, grad_sigma, grad_offset, None, None
+
+
+def lsq_quantize(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    negative_clip: int,
+    positive_clip: int,
+    sigma: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fake-quantize ``x`` on the LSQ grid (module docstring), result in float32.
+
+    ``step`` is the raw learnable step: this guards it (:func:`guard_step`) and scales its
+    gradient by ``g = 1 / sqrt(p * numel(x) / numel(s))`` before the fused grid.
+    """
+    factor = step_gradient_scale(x.numel(), step.numel(), positive_clip)
+    scaled_step = scale_gradient(guard_step(step), factor)
+    return LsqFakeQuantize.apply(x, scaled_step, sigma, offset, negative_clip, positive_clip)

@@ -1,0 +1,129 @@
+"""Quantizers with a learnable step (LSQ) and optionally a learnable offset (LSQ+).
+
+``StepQuantizer``:       ``out = grid(x / σ) · σ``             (``σ = 1`` without a transformation)
+``StepOffsetQuantizer``: ``out = grid((x - o) / σ) · σ + o``
+
+The step is initialised on the first forward pass, on the tensor actually quantized
+(``(x - o) / σ``), and never again: the step, an ``initialized_flag`` buffer and the first
+tensor's min/max and step (for the calibration report) are all in the state dict.
+"""
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from rupq.errors import ConfigError
+from rupq.quantizers.grid import integer_range, lsq_quantize
+from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
+from rupq.quantizers.transformations import Standardization
+
+
+class StepQuantizer(nn.Module):
+    """Fake-quantizer with a learnable step on the LSQ grid (see :mod:`rupq.quantizers.grid`).
+
+    Args:
+        initializer: computes the first step from the first tensor.
+        transformation: optional :class:`Standardization` applied around the grid.
+        per_channel: one step per output channel (weights only).
+    """
+
+    def __init__(
+        self,
+        initializer: MinErrorInitializer | MeanStdInitializer,
+        transformation: Standardization | None = None,
+        per_channel: bool = False,
+    ):
+        super().__init__()
+        if not callable(initializer):
+            raise ConfigError(f"{type(self).__name__}: initializer must be an initializer, got {initializer!r}")
+        if transformation is not None and not isinstance(transformation, Standardization):
+            raise ConfigError(f"{type(self).__name__}: transformation must be a Standardization, got {transformation!r}")
+        self.initializer = initializer
+        self.transformation = transformation
+        self.per_channel = bool(per_channel)
+        self.bit_width: int | None = None
+        self.half_wave = False
+        self.negative_clip = 0
+        self.positive_clip = 0
+        self.step = nn.Parameter(torch.ones([]))
+        self.register_buffer("initialized_flag", torch.tensor(False))
+        self.register_buffer("min_value", torch.zeros([]))
+        self.register_buffer("max_value", torch.zeros([]))
+        self.register_buffer("initial_step", torch.ones([]))
+        self._initialized = False
+
+    @property
+    def initialized(self) -> bool:
+        return self._initialized
+
+    def configure(self, bit_width: int, half_wave: bool, step_shape: list[int], sigma_shape: list[int]) -> None:
+        """Fix the integer range and create the step (and σ EMA) with their final shapes."""
+        self.bit_width = int(bit_width)
+        self.half_wave = bool(half_wave)
+        self.negative_clip, self.positive_clip = integer_range(self.bit_width, self.half_wave)
+        device = self.step.device
+        self.step = nn.Parameter(torch.ones(step_shape, device=device))
+        self.initial_step = torch.ones(step_shape, device=device)
+        if self.transformation is not None:
+            self.transformation.configure(sigma_shape)
+
+    def _offset(self) -> torch.Tensor | None:
+        return None
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor, sigma: torch.Tensor | None, offset: torch.Tensor | None) -> None:
+        quantized_input = x.float()
+        if offset is not None:
+            quantized_input = quantized_input - offset
+        if sigma is not None:
+            quantized_input = quantized_input / sigma
+        self.min_value.copy_(quantized_input.min())
+        self.max_value.copy_(quantized_input.max())
+        step = self.initializer(quantized_input, self.negative_clip, self.positive_clip, list(self.step.shape))
+        self.step.copy_(step.reshape(self.step.shape))
+        if dist.is_available() and dist.is_initialized():
+            # Each process saw its own batch; all start from the same (average) step.
+            dist.all_reduce(self.step.data, op=dist.ReduceOp.AVG)
+        self.initial_step.copy_(self.step)
+        self.initialized_flag.fill_(True)
+        self._initialized = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bit_width is None:
+            raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
+        sigma = None if self.transformation is None else self.transformation.sigma(x)
+        offset = self._offset()
+        if not self._initialized:
+            self._initialize(x, sigma, offset)
+        quantized = lsq_quantize(x, self.step, self.negative_clip, self.positive_clip, sigma, offset)
+        return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized = bool(self.initialized_flag)
+
+    def extra_repr(self) -> str:
+        return (
+            f"bit_width={self.bit_width}, half_wave={self.half_wave}, per_channel={self.per_channel}, "
+            f"initializer={self.initializer!r}"
+        )
+
+
+class StepOffsetQuantizer(StepQuantizer):
+    """LSQ+ quantizer: a learnable offset ``o`` (initialised to 0), ``out = grid((x - o) / σ) · σ + o``."""
+
+    def __init__(
+        self,
+        initializer: MinErrorInitializer | MeanStdInitializer,
+        transformation: Standardization | None = None,
+        per_channel: bool = False,
+    ):
+        super().__init__(initializer, transformation, per_channel)
+        self.offset = nn.Parameter(torch.zeros([]))
+
+    def configure(self, bit_width: int, half_wave: bool, step_shape: list[int], sigma_shape: list[int]) -> None:
+        super().configure(bit_width, half_wave, step_shape, sigma_shape)
+        self.offset = nn.Parameter(torch.zeros(step_shape, device=self.step.device))
+
+    def _offset(self) -> torch.Tensor | None:
+        return self.offset

@@ -1,0 +1,134 @@
+"""RUPQ's standardization: quantize ``x / σ`` and multiply the result back by ``σ``.
+
+With ``σ`` the (unbiased) standard deviation, the step lives in standardized units of similar
+magnitude in every layer and channel, so Adam's update size (≈ learning rate) is the same
+*relative* update everywhere.
+
+- weights: ``σ = std(w, dim)`` with ``dim = [1, 2, 3]`` (conv) or ``[1]`` (linear), one per
+  output channel, ``momentum = 0`` (fresh each step);
+- activations: one scalar ``σ`` tracked as an exponential moving average; in training
+  ``σ_new = m · ema + (1 - m) · std(x)`` (the ema term carries no gradient), ``ema ← σ_new``;
+  in eval mode the stored ``ema`` (or the detached batch std when ``m == 0``).
+
+Gradient flows through ``σ`` (into ``x``) unless ``trainable`` is false.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from rupq.errors import ConfigError
+
+
+class _StandardDeviation(torch.autograd.Function):
+    """Unbiased ``std(x)`` over ``dims`` in float32 (two passes; recomputes ``x - mean`` in backward).
+
+    ``torch.std`` over inner dims is an order of magnitude slower on CPU than a mean and a
+    vector norm, and it runs on every weight at every training step.
+
+    ``d std / d x = (x - mean) / ((N - 1) std)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dims):
+        x32 = x.float()
+        mean = x32.mean(dims, keepdim=True)
+        count = x32.numel() // mean.numel()
+        std = torch.linalg.vector_norm(x32 - mean, dim=dims, keepdim=True).div_(math.sqrt(count - 1))
+        ctx.dims, ctx.count, ctx.x_dtype = dims, count, x.dtype
+        ctx.save_for_backward(x, mean, std)
+        return std
+
+    @staticmethod
+    def backward(ctx, grad_std):
+        x, mean, std = ctx.saved_tensors
+        coefficient = grad_std / (std * (ctx.count - 1))
+        grad_x = (x.float() - mean).mul_(coefficient)
+        return grad_x.to(ctx.x_dtype), None
+
+
+def standard_deviation(x: torch.Tensor, dims: list[int] | None) -> torch.Tensor:
+    """Unbiased std of ``x`` over ``dims`` (all dims when ``None``), kept dims of size 1."""
+    all_dims = list(range(x.dim())) if dims is None else list(dims)
+    std = _StandardDeviation.apply(x, all_dims)
+    return std.reshape([]) if dims is None else std
+
+
+class Standardization(nn.Module):
+    """Divide a tensor by its standard deviation before the grid (module docstring).
+
+    Args:
+        dim: dims to reduce for the std; ``None`` reduces all (one scalar σ).
+        momentum: EMA momentum; 0 means a fresh std every step (weights).
+        std_init: initial EMA value; ``None`` takes the first batch's std.
+        trainable: whether the gradient flows through σ.
+    """
+
+    def __init__(
+        self,
+        dim: list[int] | None = None,
+        momentum: float = 0.0,
+        std_init: float | None = None,
+        trainable: bool = True,
+    ):
+        super().__init__()
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ConfigError(f"Standardization: momentum must be in [0, 1), got {momentum}")
+        if std_init is not None and not float(std_init) > 0.0:
+            raise ConfigError(f"Standardization: std_init must be positive, got {std_init}")
+        self.dim = None if dim is None else [int(d) for d in dim]
+        self.momentum = float(momentum)
+        self.std_init = None if std_init is None else float(std_init)
+        self.trainable = bool(trainable)
+        # initialize_quantizers sets this so that its calibration pass leaves the EMA as it was
+        # (apart from the first-batch initialization).
+        self.freeze_ema = False
+        self.register_buffer("ema_std", torch.full([], self.std_init or 1.0))
+        self.register_buffer("ema_std_initialized", torch.tensor(self.std_init is not None))
+        self._ema_ready = self.std_init is not None
+
+    def configure(self, sigma_shape: list[int]) -> None:
+        """Give the EMA the shape of σ for the tensor it will see."""
+        self.ema_std = torch.full(sigma_shape, self.std_init or 1.0, device=self.ema_std.device)
+
+    def sigma_shape(self, tensor_shape: list[int]) -> list[int]:
+        if self.dim is None:
+            return []
+        dims = {d % len(tensor_shape) for d in self.dim}
+        return [1 if i in dims else size for i, size in enumerate(tensor_shape)]
+
+    def sigma(self, x: torch.Tensor) -> torch.Tensor:
+        """σ for ``x`` (float32); updates the EMA in training mode."""
+        if self.training or self.momentum == 0.0 or not self._ema_ready:
+            batch_std = standard_deviation(x, self.dim)
+            if not self.trainable or not self.training:
+                batch_std = batch_std.detach()
+            if not self._ema_ready:
+                self.ema_std.copy_(batch_std.detach().reshape(self.ema_std.shape))
+                self.ema_std_initialized.fill_(True)
+                self._ema_ready = True
+        if not self.training:
+            return self.ema_std.detach() if self.momentum != 0.0 else batch_std
+        if self.momentum == 0.0:
+            sigma = batch_std
+        else:
+            sigma = (self.momentum * self.ema_std).detach() + (1.0 - self.momentum) * batch_std
+        if not self.freeze_ema:
+            self.ema_std.copy_(sigma.detach().reshape(self.ema_std.shape))
+        return sigma
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x / σ, σ)``."""
+        sigma = self.sigma(x)
+        return x / sigma, sigma
+
+    def inverse(self, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return y * sigma
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ema_ready = bool(self.ema_std_initialized)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, momentum={self.momentum}, std_init={self.std_init}, trainable={self.trainable}"

@@ -1,0 +1,3 @@
+"""Loss tags of the project (standard losses come straight from ``torch.nn``)."""
+
+__all__: list[str] = []

@@ -1,0 +1,6 @@
+"""Metric tags (torchmetrics protocol: ``update``, ``compute``, ``reset``)."""
+
+from rupq.tools.metrics.accuracy import Accuracy
+from rupq.tools.metrics.base import Metric
+
+__all__ = ["Accuracy", "Metric"]

@@ -1,0 +1,6 @@
+"""Training tags: the task and its loops."""
+
+from rupq.tools.training.loops import TrainingLoop
+from rupq.tools.training.task import Task
+
+__all__ = ["Task", "TrainingLoop"]

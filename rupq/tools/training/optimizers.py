@@ -1,0 +1,102 @@
+"""Optimizers and their per-iteration schedulers from the config's ``optimizers`` mapping.
+
+Each entry is ``{name, model_params_type, params, scheduler: {name, params}}``. Parameters are
+split by name: ``input_quantizer`` → ``quant_input``, ``weight_quantizer`` → ``quant_weight``,
+everything else → ``weight``; ``quant`` is both quantizer groups and ``all`` everything.
+"""
+
+import difflib
+import inspect
+
+import torch
+import torch.nn as nn
+
+from rupq.errors import ConfigError
+
+PARAM_TYPES = ("all", "weight", "quant", "quant_input", "quant_weight")
+
+
+def param_type(name: str) -> str:
+    if "input_quantizer" in name:
+        return "quant_input"
+    if "weight_quantizer" in name:
+        return "quant_weight"
+    return "weight"
+
+
+def select_parameters(model: nn.Module, params_type: str) -> list[nn.Parameter]:
+    wanted = {
+        "all": {"weight", "quant_input", "quant_weight"},
+        "weight": {"weight"},
+        "quant": {"quant_input", "quant_weight"},
+        "quant_input": {"quant_input"},
+        "quant_weight": {"quant_weight"},
+    }[params_type]
+    return [p for n, p in model.named_parameters() if p.requires_grad and param_type(n) in wanted]
+
+
+def _lookup(module, name, kind: str, where: str):
+    cls = getattr(module, str(name), None) if isinstance(name, str) else None
+    if not (inspect.isclass(cls)):
+        known = [n for n, c in vars(module).items() if inspect.isclass(c) and not n.startswith("_")]
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"{where}: unknown {kind} '{name}'{hint}")
+    return cls
+
+
+def _construct(cls, args: dict, what: str):
+    if not isinstance(args, dict):
+        raise ConfigError(f"{what}: params must be a mapping, got {type(args).__name__}")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"{what}: {error}") from None
+
+
+def build_optimizers(model: nn.Module, spec) -> dict[str, tuple]:
+    """``{name: (optimizer, scheduler or None)}`` in config order."""
+    if not spec:
+        raise ConfigError("task has no optimizers; add an `optimizers:` mapping to !Task")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"optimizers must be a mapping of name -> optimizer, got {type(spec).__name__}")
+    built = {}
+    for name, entry in spec.items():
+        where = f"optimizer '{name}'"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping with name/params/scheduler, got {type(entry).__name__}")
+        unknown = set(entry) - {"name", "model_params_type", "params", "scheduler"}
+        if unknown:
+            raise ConfigError(
+                f"{where}: unexpected key '{sorted(unknown)[0]}'; accepted: name, model_params_type, params, scheduler"
+            )
+        if "name" not in entry:
+            raise ConfigError(f"{where}: missing 'name' (a torch.optim class such as SGD or Adam)")
+        cls = _lookup(torch.optim, entry["name"], "optimizer", where)
+        params_type = entry.get("model_params_type", "all")
+        if params_type not in PARAM_TYPES:
+            close = difflib.get_close_matches(str(params_type), PARAM_TYPES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(
+                f"{where}: unknown model_params_type '{params_type}'{hint} (accepted: {', '.join(PARAM_TYPES)})"
+            )
+        params = select_parameters(model, params_type)
+        if not params:
+            raise ConfigError(
+                f"{where}: model_params_type '{params_type}' selects no parameters of this model"
+                + (" (is the model quantized? add a model_parser)" if params_type.startswith("quant") else "")
+            )
+        optimizer = _construct(lambda **kw: cls(params, **kw), entry.get("params") or {}, f"{where} ({entry['name']})")
+        scheduler = None
+        if entry.get("scheduler"):
+            scheduler_spec = entry["scheduler"]
+            if not isinstance(scheduler_spec, dict) or "name" not in scheduler_spec:
+                raise ConfigError(f"{where}: scheduler must be a mapping with a 'name'")
+            scheduler_cls = _lookup(torch.optim.lr_scheduler, scheduler_spec["name"], "scheduler", where)
+            scheduler = _construct(
+                lambda **kw: scheduler_cls(optimizer, **kw),
+                scheduler_spec.get("params") or {},
+                f"{where} scheduler ({scheduler_spec['name']})",
+            )
+        built[name] = (optimizer, scheduler)
+    return built

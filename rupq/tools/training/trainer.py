@@ -1,0 +1,303 @@
+"""The shared training engine: epochs, optimizer steps, validation, logging, checkpoints, callbacks.
+
+Every task runs through :class:`Trainer`; a task's :class:`~rupq.tools.training.loops.TrainingLoop`
+only says what one step does. Each optimizer and each scheduler steps once per iteration.
+A resumable checkpoint is written after every epoch and when the run is interrupted
+(Ctrl-C, SIGTERM); resuming from it continues at the same iteration with the same RNG states.
+"""
+
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from rupq.errors import RupqError
+from rupq.tools.training.loops import TrainingLoop, move_to
+from rupq.tools.utils.checkpoint import TRAINING_FORMAT, save_atomic
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a resumable checkpoint was written because the run was asked to stop."""
+
+    def __init__(self, checkpoint: Path | None):
+        super().__init__(f"training interrupted; resume with --checkpoint_path {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+class NonFiniteLoss(RupqError):
+    """The loss became NaN or infinite: training stops instead of learning garbage."""
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    version, *rest = state["python"]
+    random.setstate((version, tuple(rest[0]), rest[1]))
+    name, keys, *more = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *more))
+
+
+class _StopRequests:
+    """Turns SIGINT/SIGTERM into a flag checked between iterations; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"\n{signal.Signals(signum).name} received: finishing this iteration and writing a checkpoint")
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """Runs ``epochs`` of ``training_loop`` on ``model`` (see ``Callback`` for what callbacks see)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        training_loop: TrainingLoop,
+        optimizers: dict,
+        epochs: int,
+        device: torch.device,
+        callbacks=(),
+        log_dir: Path | None = None,
+        check_val_every_n_epochs: int = 1,
+        seed: int = 0,
+        model_checkpoint=None,
+        train_model: nn.Module | None = None,
+        is_main: bool = True,
+    ):
+        self.model = model
+        self.train_model = train_model or model  # DataParallel/DDP wrapper when there is one
+        self.training_loop = training_loop
+        self.optimizers = optimizers
+        self.epochs = epochs
+        self.device = device
+        self.callbacks = list(callbacks)
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.check_val_every_n_epochs = check_val_every_n_epochs
+        self.seed = seed
+        self.model_checkpoint = model_checkpoint
+        self.is_main = is_main
+        self.epoch = 0
+        self.start_batch = 0
+        self.global_step = 0
+        self.logged: dict[str, float] = {}
+        self._writer = None
+        self._stop = _StopRequests()
+
+    # ---- logging (main process only) -------------------------------------------------------
+    @property
+    def writer(self):
+        if self._writer is None and self.is_main and self.log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.log_dir))
+        return self._writer
+
+    def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+        self.logged[name] = float(value)
+        if self.writer is not None:
+            self.writer.add_scalar(name, float(value), self.epoch + 1 if step is None else step)
+
+    def log_figure(self, tag: str, figure) -> None:
+        if self.writer is not None:
+            self.writer.add_figure(tag, figure, self.epoch + 1)
+
+    def log_text(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    @property
+    def is_last_epoch(self) -> bool:
+        return self.epoch == self.epochs - 1
+
+    def _call(self, hook: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.log_dir / "checkpoints" / "last.ckpt" if self.log_dir else None
+
+    def state_dict(self, epoch: int, batch: int) -> dict:
+        return {
+            "format": TRAINING_FORMAT,
+            "model": self.model_checkpoint(),
+            "optimizers": {name: opt.state_dict() for name, (opt, _) in self.optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, (_, s) in self.optimizers.items() if s is not None},
+            "epoch": epoch,
+            "batch": batch,
+            "global_step": self.global_step,
+            "rng": rng_state(),
+            "callbacks": [callback.state_dict() for callback in self.callbacks],
+            "logged": dict(self.logged),
+        }
+
+    def save_checkpoint(self, epoch: int, batch: int) -> None:
+        if self.is_main and self.checkpoint_path is not None:
+            save_atomic(self.state_dict(epoch, batch), self.checkpoint_path)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore everything but the model (which the task loaded already)."""
+        for name, (optimizer, scheduler) in self.optimizers.items():
+            if name not in state["optimizers"]:
+                raise RupqError(f"the checkpoint has no state for optimizer '{name}' (it has {sorted(state['optimizers'])})")
+            optimizer.load_state_dict(state["optimizers"][name])
+            if scheduler is not None and name in state["schedulers"]:
+                scheduler.load_state_dict(state["schedulers"][name])
+        self.epoch, self.start_batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
+        self.logged = dict(state.get("logged", {}))
+        for callback, callback_state in zip(self.callbacks, state.get("callbacks", [])):
+            callback.load_state_dict(callback_state)
+        set_rng_state(state["rng"])
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict:
+        started = time.time()
+        with self._stop:
+            self._call("on_fit_start")
+            for epoch in range(self.epoch, self.epochs):
+                self.epoch = epoch
+                self.train_epoch(self.start_batch)
+                self.start_batch = 0
+                if (epoch + 1) % self.check_val_every_n_epochs == 0:
+                    self.validate()
+                self.save_checkpoint(epoch + 1, 0)
+            self._call("on_fit_end")
+        if self._writer is not None:
+            self._writer.flush()
+        self.logged["time_s"] = time.time() - started
+        return self.logged
+
+    def _metric_postfix(self, loss_sum: float, steps: int, metrics: dict) -> dict:
+        postfix = {"loss": f"{loss_sum / max(steps, 1):.4g}"}
+        for name, metric in list(metrics.items())[:2]:
+            value = metric.compute()
+            if not math.isnan(value):
+                postfix[name] = f"{value:.4g}"
+        return postfix
+
+    def train_epoch(self, start_batch: int = 0) -> None:
+        loop = self.training_loop
+        self.train_model.train()
+        for metric in loop.train_metrics.values():
+            metric.reset()
+        self._call("on_train_epoch_start")
+        loader = loop.dataset.train_dataloader(epoch=self.epoch, start_batch=start_batch, seed=self.seed)
+        progress = tqdm(
+            loader,
+            desc=f"epoch {self.epoch + 1}/{self.epochs} train",
+            total=len(loader),
+            disable=not self.is_main,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        loss_sum, steps = 0.0, 0
+        for batch_index, batch in enumerate(progress, start=start_batch):
+            batch = move_to(batch, self.device)
+            output = loop.training_step(self.train_model, batch)
+            loss_value = output.loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(
+                    f"loss is {loss_value} at epoch {self.epoch + 1}, iteration {batch_index + 1}: stopping; "
+                    f"the last good checkpoint is {self.checkpoint_path}"
+                )
+            for optimizer, _ in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            for optimizer, scheduler in self.optimizers.values():
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+            self.global_step += 1
+            loss_sum, steps = loss_sum + loss_value, steps + 1
+            with torch.no_grad():
+                for metric in loop.train_metrics.values():
+                    metric.update(output.preds.detach(), output.targets)
+            if self.is_main and (steps % 10 == 0 or batch_index + 1 == len(loader) + start_batch):
+                progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
+            if self._stop.requested:
+                self.save_checkpoint(self.epoch, batch_index + 1)
+                raise TrainingInterrupted(self.checkpoint_path)
+        progress.close()
+        self._log_epoch("train", loss_sum, steps, loop.train_metrics)
+        for name, (optimizer, _) in self.optimizers.items():
+            self.log_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
+        self._call("on_train_epoch_end")
+
+    def _log_epoch(self, split: str, loss_sum: float, steps: int, metrics: dict) -> None:
+        if steps:
+            self.log_scalar(f"{split}_target_loss", self._reduce_mean(loss_sum, steps))
+        for name, metric in metrics.items():
+            if hasattr(metric, "sync"):
+                metric.sync()
+            self.log_scalar(f"{split}_{name}", metric.compute())
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in self.logged.items() if k.startswith(split + "_"))
+        self.log_text(f"epoch {self.epoch + 1}/{self.epochs} {split}: {summary}")
+
+    def _reduce_mean(self, total: float, count: int) -> float:
+        """Mean over all processes of a distributed run (plain mean otherwise)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            packed = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            dist.all_reduce(packed)
+            total, count = packed.tolist()
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def validate(self) -> None:
+        loop = self.training_loop
+        self._call("on_validation_epoch_start")
+        self.train_model.eval()
+        for metric in loop.val_metrics.values():
+            metric.reset()
+        loader = loop.dataset.val_dataloader()
+        progress = tqdm(
+            loader, desc=f"epoch {self.epoch + 1}/{self.epochs} val", total=len(loader),
+            disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False,
+        )
+        loss_sum, steps = 0.0, 0
+        for batch in progress:
+            output = loop.validation_step(self.train_model, move_to(batch, self.device))
+            if output.loss is not None:
+                loss_sum, steps = loss_sum + output.loss.item(), steps + 1
+            for metric in loop.val_metrics.values():
+                metric.update(output.preds, output.targets)
+        progress.close()
+        self._log_epoch("val", loss_sum, steps, loop.val_metrics)
+        self.train_model.train()
+        self._call("on_validation_epoch_end")
