@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats, and a CLI runner."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as a gzipped idx file, the MNIST/Fashion-MNIST format."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fashion_mnist(tmp_path) -> Path:
+    """64 training and 32 test 28×28 images whose class is visible (bright band at row 2·class)."""
+    root = tmp_path / "fashion"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 64), ("t10k", 32)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 60, size=(count, 28, 28))
+        for index, label in enumerate(labels):
+            images[index, 2 * label : 2 * label + 3] = 255
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path) -> Path:
+    """ImageNet folder layout: train/ and val/ with 2 classes of small JPEGs."""
+    root = tmp_path / "imagenet"
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("val", 2)):
+        for cls in ("n01440764", "n01443537"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{cls}_{index}.JPEG")
+    return root
+
+
+@pytest.fixture
+def datasets_info(tmp_path, monkeypatch):
+    """Point RUPQ_DATASETS_INFO at a fresh file; returns a function that writes key: path entries."""
+    info = tmp_path / "datasets_info.yaml"
+    info.write_text("")
+    monkeypatch.setenv("RUPQ_DATASETS_INFO", str(info))
+
+    def set_paths(**paths):
+        info.write_text("".join(f"{key}: {value}\n" for key, value in paths.items()))
+        return info
+
+    return set_paths
+
+
+def run_cli(*args, env=None, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
+    """Run ``python rupq/main.py ARGS`` as a user would, from the repository root."""
+    full_env = dict(os.environ)
+    full_env.pop("PYTHONPATH", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(REPO / "rupq" / "main.py"), *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+FASHION_FP_CONFIG = """
+dataset: &dataset !FashionMNISTDataloader
+  batch_size: 16
+  root: {root}
+optimizers: &optimizers
+  weight_optimizer:
+    name: SGD
+    params: {{lr: 0.05, momentum: 0.9}}
+    scheduler:
+      name: CosineAnnealingLR
+      params: {{T_max: 8}}
+training_loop: &training_loop !TrainingLoop
+  dataset: *dataset
+  loss: !CrossEntropyLoss
+  train_metrics: {{accuracy: !Accuracy}}
+  val_metrics: {{accuracy: !Accuracy}}
+task: !Task
+  training_loop: *training_loop
+  epochs: {epochs}
+  optimizers: *optimizers
+  model_saver: {{monitor: val_accuracy, mode: max}}
+{model}"""
+SMALL_MODEL = """  model_arch: small_resnet
+  model_kwargs: {widths: [4, 8], blocks: [1, 1]}
+"""
+
+
+def fashion_config(path: Path, root: Path, epochs: int = 1, with_model: bool = True) -> Path:
+    """A tiny full-precision Fashion-MNIST config; without the model it needs --load."""
+    return write_config(path, FASHION_FP_CONFIG.format(root=root, epochs=epochs, model=SMALL_MODEL if with_model else ""))

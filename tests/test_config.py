@@ -1,0 +1,93 @@
+import textwrap
+
+import pytest
+import torch
+
+from rupq.config import load_config, location_of
+from rupq.errors import ConfigError
+from rupq.tools.metrics import Accuracy
+from rupq.tools.training import Task, TrainingLoop
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_tags_build_objects_and_aliases_share_them(tmp_path):
+    path = write(tmp_path, """
+        dataset: &dataset !FashionMNISTDataloader
+          batch_size: 8
+        metric: &metric !Accuracy
+        loop: !TrainingLoop
+          dataset: *dataset
+          loss: !CrossEntropyLoss
+          train_metrics: {accuracy: *metric}
+          val_metrics: {accuracy: *metric}
+        """)
+    config = load_config(path)
+    loop = config["loop"]
+    assert isinstance(loop, TrainingLoop)
+    assert loop.dataset is config["dataset"]
+    assert loop.train_metrics["accuracy"] is loop.val_metrics["accuracy"] is config["metric"]
+    assert isinstance(config["metric"], Accuracy)
+    assert isinstance(loop.loss, torch.nn.CrossEntropyLoss)
+    assert location_of(loop) == f"{path}:5"
+
+
+def test_loading_touches_no_data(tmp_path):
+    path = write(tmp_path, """
+        dataset: !ImageNet2012Dataloader
+          batch_size: 8
+          root: /nonexistent/imagenet
+        """)
+    assert load_config(path)["dataset"].batch_size == 8
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    # The seed's detection configs write `weight_decay: 5e-4`, which YAML 1.1 reads as a string.
+    config = load_config(write(tmp_path, "a: 5e-4\nb: 1.0e+2\nc: 7\nd: '5e-4'\n"))
+    assert config == {"a": 5e-4, "b": 100.0, "c": 7, "d": "5e-4"}
+
+
+def test_tag_lookup_is_case_insensitive_when_unambiguous(tmp_path):
+    assert isinstance(load_config(write(tmp_path, "m: !accuracy\n"))["m"], Accuracy)
+
+
+def test_empty_node_means_no_arguments_and_sequence_means_positional(tmp_path):
+    config = load_config(write(tmp_path, "a: !Accuracy\nb: !Accuracy [5]\n"))
+    assert config["a"].top_k == 1 and config["b"].top_k == 5
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("m: !Acuracy\n", "cfg.yaml:1: unknown tag !Acuracy; did you mean !Accuracy"),
+        ("m: !Accuracy\n  top_kk: 5\n", "cfg.yaml:1: !Accuracy: unexpected argument 'top_kk'; accepted: top_k"),
+        ("m: !TrainingLoop\n  loss: !L1Loss\n", "cfg.yaml:1: !TrainingLoop: missing a required argument: 'dataset'"),
+        ("m: !Accuracy\n  top_k: five\n", "cfg.yaml:1: !Accuracy: argument 'top_k' should be int, got 'five'"),
+        ("a: [1, 2\nb: 3\n", "cfg.yaml:2: YAML syntax error"),
+        ("- 1\n- 2\n", "a config must be a mapping"),
+        ("m: !Accuracy 3\n", "expected a mapping of arguments or nothing"),
+        ("m: !Accuracy\n  top_k: 0\n", "cfg.yaml:1: !Accuracy: top_k must be at least 1, got 0"),
+    ],
+)
+def test_errors_name_file_and_line(tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_seed_float_configs_load(tmp_path):
+    from pathlib import Path
+
+    for name in ("resnet18", "mobilenet_v2"):
+        config = load_config(Path(__file__).parent.parent / "rupq/examples/float/classification" / name / "fp.yaml")
+        assert isinstance(config["task"], Task)
+        assert config["task"].model_arch == name
