@@ -2,5 +2,6 @@
 
 from rupq.tools.metrics.accuracy import Accuracy
 from rupq.tools.metrics.base import Metric
+from rupq.tools.metrics.psnr import PSNR
 
-__all__ = ["Accuracy", "Metric"]
+__all__ = ["Accuracy", "Metric", "PSNR"]
