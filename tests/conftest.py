@@ -95,8 +95,10 @@ optimizers: &optimizers
 training_loop: &training_loop !TrainingLoop
   dataset: *dataset
   loss: !CrossEntropyLoss
-  train_metrics: {{accuracy: !Accuracy}}
-  val_metrics: {{accuracy: !Accuracy}}
+  train_metrics:
+    accuracy: !Accuracy
+  val_metrics:
+    accuracy: !Accuracy
 task: !Task
   training_loop: *training_loop
   epochs: {epochs}
