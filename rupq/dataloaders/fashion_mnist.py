@@ -81,7 +81,7 @@ class FashionMNISTImages(Dataset):
     """Normalized ``1×28×28`` images and labels; random horizontal flips when ``augment``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool):
-        self.images = torch.from_numpy(images.copy())
+        self.images = torch.from_numpy(np.array(images))
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.augment = augment
 

@@ -52,12 +52,15 @@ def load_checkpoint(path, expected_format: str | None = None) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()
-        detail = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line), reason[0] if reason else "")
-        raise CheckpointError(
-            f"refusing to load {path}: it holds Python objects other than tensors and plain data, "
-            f"and unpickling them could run code ({detail.strip()})"
-        ) from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        blocked = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if blocked:
+            raise CheckpointError(
+                f"refusing to load {path}: it holds Python objects other than tensors and plain data, "
+                f"and unpickling them could run code ({blocked})"
+            ) from None
+        reason = next((line for line in lines if line.startswith("Unsupported") or "invalid" in line), lines[-1])
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
