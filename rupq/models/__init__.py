@@ -48,3 +48,4 @@ def architecture_of(model: nn.Module) -> dict:
 # Importing the modules registers their architectures.
 from rupq.models import classification  # noqa: E402,F401
 from rupq.models import edsr, srresnet  # noqa: E402,F401
+from rupq.models import yolo  # noqa: E402,F401
