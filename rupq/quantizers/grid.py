@@ -180,12 +180,15 @@ def lsq_quantize(
     positive_clip: int,
     sigma: torch.Tensor | None = None,
     offset: torch.Tensor | None = None,
+    x_numel: int | None = None,
 ) -> torch.Tensor:
     """Fake-quantize ``x`` on the LSQ grid (module docstring), result in float32.
 
     ``step`` is the raw learnable step: this guards it (:func:`guard_step`) and scales its
-    gradient by ``g = 1 / sqrt(p * numel(x) / numel(s))`` before the fused grid.
+    gradient by ``g = 1 / sqrt(p * numel(x) / numel(s))`` before the fused grid. ``x_numel``
+    replaces ``numel(x)`` when ``x`` is one shard of a larger batch (data-parallel training:
+    ``g`` must count the elements of the whole batch, whose step gradients are added up).
     """
-    factor = step_gradient_scale(x.numel(), step.numel(), positive_clip)
+    factor = step_gradient_scale(x.numel() if x_numel is None else x_numel, step.numel(), positive_clip)
     scaled_step = scale_gradient(guard_step(step), factor)
     return LsqFakeQuantize.apply(x, scaled_step, sigma, offset, negative_clip, positive_clip)

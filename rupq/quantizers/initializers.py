@@ -35,45 +35,47 @@ def candidate_steps(max_abs: torch.Tensor, positive_clip: int, n_iters: int) -> 
     """``torch.linspace(1e-7, max|x| / p, n_iters)`` for every row at once, shape ``[rows, n_iters]``.
 
     Same float32 arithmetic as ``torch.linspace`` (start + i·Δ for the first half, end − (N−1−i)·Δ
-    for the second), so the candidates are the original's, bit for bit.
+    for the second, fused multiply-adds), so the candidates are the original's, bit for bit.
     """
     start = torch.tensor(1e-7, dtype=torch.float32, device=max_abs.device)
     end = (max_abs.float() / positive_clip).unsqueeze(1)
     if n_iters == 1:
         return start.expand(end.shape[0], 1).clone()
     delta = (end - start) / (n_iters - 1)
-    index = torch.arange(n_iters, device=max_abs.device, dtype=torch.float32)
-    halfway = n_iters // 2
-    return torch.where(index < halfway, start + delta * index, end - delta * (n_iters - 1 - index))
+    index = torch.arange(n_iters, device=max_abs.device, dtype=torch.float32).expand(end.shape[0], n_iters)
+    delta = delta.expand_as(index)
+    # addcmul, like linspace's kernel, fuses the multiply-add (one rounding).
+    first_half = torch.addcmul(start.expand_as(index), delta, index)
+    second_half = torch.addcmul(end.expand_as(index), delta, (n_iters - 1) - index, value=-1)
+    return torch.where(index < n_iters // 2, first_half, second_half)
 
 
 def _levels_error_squared(sorted_abs: torch.Tensor, prefix: torch.Tensor, steps: torch.Tensor, top_level: int) -> torch.Tensor:
     """``Σ (a - min(round(a/s), K) s)^2`` over each row of non-negative values, for every candidate ``s``.
 
-    With ``idx_j`` = number of values below the rounding boundary ``(j + 1/2) s`` and ``A`` the
-    prefix sums of ``a``: ``Σ k a = Σ_{j<K} (A_M - A[idx_j])``, ``Σ k^2 = Σ_{j<K} (2j+1)(M - idx_j)``,
+    ``sorted_abs``: ``[rows, M]`` ascending, float64; ``prefix``: its prefix sums ``A`` with a
+    leading 0, ``[rows, M + 1]``. With ``idx_j`` = number of values below the rounding boundary
+    ``(j + 1/2) s``: ``Σ k a = Σ_{j<K} (A_M - A[idx_j])`` and ``Σ k^2 = Σ_{j<K} (2j+1)(M - idx_j)``,
     so the error is ``Σ a^2 - 2 s Σ k a + s^2 Σ k^2``, without touching the values per candidate.
-    Sums in float64.
     """
     rows, count = sorted_abs.shape
-    squares_total = prefix[1][:, -1:]
+    squares_total = (sorted_abs * sorted_abs).sum(1, keepdim=True)
     if top_level == 0:
         return squares_total.expand(rows, steps.shape[1])
     levels = torch.arange(top_level, device=steps.device, dtype=torch.float64)
-    boundaries = (steps.double().unsqueeze(2) * (levels + 0.5)).reshape(rows, -1)
-    index = torch.searchsorted(sorted_abs.double(), boundaries)
-    sums = prefix[0]
-    above_sum = (sums[:, -1:] - torch.gather(sums, 1, index)).reshape(rows, -1, top_level).sum(2)
-    above_count = ((count - index).double().reshape(rows, -1, top_level) * (2 * levels + 1)).sum(2)
     steps64 = steps.double()
+    boundaries = (steps64.unsqueeze(2) * (levels + 0.5)).reshape(rows, -1)
+    index = torch.searchsorted(sorted_abs, boundaries)
+    above_sum = (prefix[:, -1:] - torch.gather(prefix, 1, index)).reshape(rows, -1, top_level).sum(2)
+    above_count = ((count - index).double().reshape(rows, -1, top_level) * (2 * levels + 1)).sum(2)
     return squares_total - 2 * steps64 * above_sum + steps64 * steps64 * above_count
 
 
-def _sorted_with_prefix(values: torch.Tensor):
-    sorted_values = values.sort(dim=1).values
+def _with_prefix(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sorted_values`` in float64 and its prefix sums with a leading 0."""
     as64 = sorted_values.double()
-    zero = torch.zeros(values.shape[0], 1, dtype=torch.float64, device=values.device)
-    return sorted_values, (torch.cat([zero, as64.cumsum(1)], 1), torch.cat([zero, (as64 * as64).cumsum(1)], 1))
+    zero = torch.zeros(as64.shape[0], 1, dtype=torch.float64, device=as64.device)
+    return as64, torch.cat([zero, as64.cumsum(1)], 1)
 
 
 class MinErrorInitializer:
@@ -114,9 +116,12 @@ class MinErrorInitializer:
         queries = rows.shape[0] * self.n_iters * max(positive_clip, -negative_clip)
         closed_form = self.p == 2.0 and queries <= self.MAX_CLOSED_FORM_QUERIES
         if closed_form:
-            positive, prefix = _sorted_with_prefix(rows.clamp_min(0))
+            # One sort serves both signs: values of the other sign become zeros, which sit on
+            # level 0 and add nothing to the error.
+            ascending = rows.sort(dim=1).values
+            positive, prefix = _with_prefix(ascending.clamp_min(0))
             errors = _levels_error_squared(positive, prefix, steps, positive_clip)
-            negative, prefix = _sorted_with_prefix((-rows).clamp_min(0))
+            negative, prefix = _with_prefix(ascending.neg().clamp_min_(0).flip(1))
             errors = errors + _levels_error_squared(negative, prefix, steps, -negative_clip)
         else:
             errors = self._direct_errors(rows, steps, negative_clip, positive_clip)

@@ -51,6 +51,10 @@ class StepQuantizer(nn.Module):
         self.register_buffer("max_value", torch.zeros([]))
         self.register_buffer("initial_step", torch.ones([]))
         self._initialized = False
+        # Data-parallel training cuts the global batch into this many equal shards (one per
+        # DataParallel replica or DDP process); set by rupq.quantizers.data_parallel on input
+        # quantizers, so that LSQ's gradient scale counts the elements of the global batch.
+        self.batch_shards = 1
 
     @property
     def initialized(self) -> bool:
@@ -82,8 +86,9 @@ class StepQuantizer(nn.Module):
         step = self.initializer(quantized_input, self.negative_clip, self.positive_clip, list(self.step.shape))
         self.step.copy_(step.reshape(self.step.shape))
         if dist.is_available() and dist.is_initialized():
-            # Each process saw its own batch; all start from the same (average) step.
-            dist.all_reduce(self.step.data, op=dist.ReduceOp.AVG)
+            # Task initialises on the global first batch on every process, so the steps agree
+            # already; rank 0's copy makes them bit-identical whatever each process computed.
+            dist.broadcast(self.step.data, src=0)
         self.initial_step.copy_(self.step)
         self.initialized_flag.fill_(True)
         self._initialized = True
@@ -91,11 +96,13 @@ class StepQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bit_width is None:
             raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
-        sigma = None if self.transformation is None else self.transformation.sigma(x)
         offset = self._offset()
+        sigma = None if self.transformation is None else self.transformation.sigma(x, offset)
         if not self._initialized:
             self._initialize(x, sigma, offset)
-        quantized = lsq_quantize(x, self.step, self.negative_clip, self.positive_clip, sigma, offset)
+        quantized = lsq_quantize(
+            x, self.step, self.negative_clip, self.positive_clip, sigma, offset, x.numel() * self.batch_shards
+        )
         return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

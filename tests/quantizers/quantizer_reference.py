@@ -1,0 +1,80 @@
+"""The slow, obviously-correct oracle: SPEC §1 written as a chain of elementary torch ops.
+
+Every quantizer computation the framework fuses is checked against these functions, and
+``bench/bench_qat.py`` times them as "chain-of-ops reference". They follow the original
+implementation literally: ``torch.std``, ``torch.clamp`` with tensor bounds (half the gradient
+on a bound), the ``(s - s g).detach() + s g`` gradient scale and the ``(round(v) - v).detach() + v``
+straight-through estimator.
+"""
+
+import math
+import types
+
+import torch
+from torch import nn
+
+
+def reference_grid(x, step, negative_clip, positive_clip):
+    """LSQ grid: ``clamp(x / s', n, p)``, rounded with a straight-through estimator, times ``s'``."""
+    grad_scale = 1.0 / math.sqrt(positive_clip * x.numel() / step.numel())
+    scaled = step * grad_scale
+    step = (step - scaled).detach() + scaled
+    v = x / step
+    v = torch.clamp(v, torch.tensor(negative_clip, device=x.device), torch.tensor(positive_clip, device=x.device))
+    q = (v.round() - v).detach() + v
+    return q * step
+
+
+def literal_std(x, dim):
+    return torch.std(x, dim, keepdim=True) if dim else torch.std(x)
+
+
+def reference_standardize(standardization, x, std_of=literal_std):
+    """``(x / σ, σ)`` with the EMA rule of SPEC §1, updating ``standardization.ema_std`` in place.
+
+    ``std_of(x, dim)`` computes the standard deviation (``torch.std`` by default). Two correct
+    std implementations differ in the last bit, which flips the rounding of codes lying on a
+    midpoint; tests that want bit-identical outputs pass the framework's own std here and check
+    that std against ``torch.std`` separately.
+    """
+    std = std_of(x, standardization.dim)
+    if not standardization.trainable:
+        std = std.detach()
+    if not bool(standardization.ema_std_initialized):
+        standardization.ema_std.copy_(std.detach().reshape(standardization.ema_std.shape))
+        standardization.ema_std_initialized.fill_(True)
+        standardization._ema_ready = True
+    if not standardization.training:
+        std = standardization.ema_std.detach() if standardization.momentum != 0.0 else std.detach()
+        return x / std, std
+    momentum = standardization.momentum
+    new_std = (momentum * standardization.ema_std).detach() + (1 - momentum) * std
+    standardization.ema_std.copy_(new_std.detach().reshape(standardization.ema_std.shape))
+    return x / new_std, new_std
+
+
+def reference_quantize(quantizer, x, std_of=literal_std):
+    """What ``quantizer(x)`` computes, step by step (initialising it on first use like the original)."""
+    offset = getattr(quantizer, "offset", None)
+    if offset is not None:
+        x = x - offset
+    sigma = None
+    if quantizer.transformation is not None:
+        x, sigma = reference_standardize(quantizer.transformation, x, std_of)
+    if not quantizer.initialized:
+        quantizer._initialize(x, None, None)
+    out = reference_grid(x, quantizer.step, quantizer.negative_clip, quantizer.positive_clip)
+    if sigma is not None:
+        out = out * sigma
+    if offset is not None:
+        out = out + offset
+    return out
+
+
+def install_reference(model: nn.Module) -> nn.Module:
+    """Make every quantizer of ``model`` run :func:`reference_quantize` instead of the fused path."""
+    from rupq.quantizers import quantizers_of
+
+    for _, quantizer in quantizers_of(model):
+        quantizer.forward = types.MethodType(reference_quantize, quantizer)
+    return model

@@ -1,0 +1,170 @@
+import math
+
+import pytest
+import torch
+from quantizer_reference import reference_grid
+
+from rupq.quantizers.grid import (
+    STEP_EPSILON,
+    LsqFakeQuantize,
+    integer_range,
+    lsq_quantize,
+    step_gradient_scale,
+)
+
+
+def _close(actual, expected, rtol, atol=0.0):
+    """Relative to the largest expected value; ``atol`` covers float32 rounding of sums that cancel."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    assert (actual - expected).abs().max() <= rtol * scale + atol, (actual, expected)
+
+
+def summation_tolerance(grad_out, x):
+    """Rounding error to allow on a float32 reduction ``Σ grad_out * O(|x| + 1)`` whose terms cancel."""
+    return 1e-6 * float((grad_out.abs() * (x.abs() + 1)).sum())
+
+
+@pytest.mark.parametrize("bit_width,half_wave,expected", [(4, True, (0, 15)), (4, False, (-8, 7)), (2, False, (-2, 1)), (8, True, (0, 255))])
+def test_integer_range(bit_width, half_wave, expected):
+    assert integer_range(bit_width, half_wave) == expected
+
+
+def _inputs(per_channel, half_wave, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 5, 3, 3, generator=generator) * 2
+    if half_wave:
+        x = x.relu()  # many exact zeros: on the lower bound when there is no offset
+    step = torch.rand(6, 1, 1, 1, generator=generator) * 0.3 + 0.2 if per_channel else torch.tensor(0.4)
+    n, p = integer_range(3, half_wave)
+    # Values exactly on both bounds and well outside them.
+    x.view(-1)[:4] = torch.tensor([n, p, p + 3, n - 3], dtype=torch.float32) * step.reshape(-1)[0]
+    return x, step, n, p
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("half_wave", [False, True])
+@pytest.mark.parametrize("with_offset", [False, True])
+@pytest.mark.parametrize("with_sigma", [False, True])
+def test_fused_grid_matches_reference(per_channel, half_wave, with_offset, with_sigma):
+    torch.manual_seed(0)
+    x, step, n, p = _inputs(per_channel, half_wave)
+    sigma = (torch.rand(6, 1, 1, 1) + 0.5) if with_sigma and per_channel else torch.tensor(1.3) if with_sigma else None
+    offset = torch.tensor(0.0) if with_offset else None
+    grad_out = torch.randn_like(x)
+
+    def run(fused):
+        xs = x.clone().requires_grad_()
+        s = step.clone().requires_grad_()
+        sg = sigma.clone().requires_grad_() if sigma is not None else None
+        o = offset.clone().requires_grad_() if offset is not None else None
+        if fused:
+            out = lsq_quantize(xs, s, n, p, sg, o)
+        else:
+            t = xs - o if o is not None else xs
+            t = t / sg if sg is not None else t
+            out = reference_grid(t, s, n, p)
+            out = out * sg if sg is not None else out
+            out = out + o if o is not None else out
+        out.backward(grad_out)
+        return out.detach(), [t.grad for t in (xs, s, sg, o) if t is not None]
+
+    out, grads = run(True)
+    ref_out, ref_grads = run(False)
+    assert torch.equal(out, ref_out)
+    _close(grads[0], ref_grads[0], 1e-5)
+    for grad, ref_grad in zip(grads[1:], ref_grads[1:]):
+        _close(grad, ref_grad, 1e-5, summation_tolerance(grad_out, x))
+
+
+def test_gradient_on_bounds_is_halved():
+    n, p = integer_range(2, True)
+    step = torch.tensor(0.5, requires_grad=True)
+    x = torch.tensor([0.0, 1.5, 0.7, 2.0, -1.0], requires_grad=True)  # n, p, inside, above, below
+    lsq_quantize(x, step, n, p).sum().backward()
+    assert x.grad.tolist() == [0.5, 0.5, 1.0, 0.0, 0.0]
+
+
+def test_step_gradient_scale():
+    assert step_gradient_scale(1000, 10, 15) == pytest.approx(1 / math.sqrt(1500))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel):
+    # torch's fused kernel decides "inside" on the *rounded* code (so x/s in (p, p + 1/2)
+    # still gets the full gradient, and an exact bound too, where the original's clamp with
+    # tensor bounds passes half), and it multiplies by 1/s instead of dividing, which may
+    # round a value lying halfway differently: keep the inputs away from all three cases.
+    torch.manual_seed(1)
+    n, p = -8, 7
+    x = torch.randn(4, 3, 5, 5) * 3
+    step = torch.rand(4) * 0.2 + 0.3 if per_channel else torch.tensor([0.41])
+    codes = x / step.reshape(-1, 1, 1, 1) if per_channel else x / step
+    ambiguous = ((codes - codes.round()).abs() > 0.49) | ((codes > p - 0.01) & (codes < p + 0.51))
+    ambiguous |= (codes < n + 0.01) & (codes > n - 0.51)
+    x = torch.where(ambiguous, torch.zeros_like(x) + 0.01, x)
+    grad_out = torch.randn_like(x)
+    factor = step_gradient_scale(x.numel(), step.numel(), p)
+
+    xs, s = x.clone().requires_grad_(), step.clone().requires_grad_()
+    shape = (-1, 1, 1, 1) if per_channel else ()
+    out = lsq_quantize(xs, s.reshape(shape), n, p)
+    out.backward(grad_out)
+
+    xt, st = x.clone().requires_grad_(), step.clone().requires_grad_()
+    if per_channel:
+        zero_point = torch.zeros(4)
+        expected = torch._fake_quantize_learnable_per_channel_affine(xt, st, zero_point, 0, n, p, factor)
+    else:
+        zero_point = torch.zeros(1)
+        expected = torch._fake_quantize_learnable_per_tensor_affine(xt, st, zero_point, n, p, factor)
+    expected.backward(grad_out)
+    _close(out.detach(), expected.detach(), 1e-6)
+    _close(xs.grad, xt.grad, 1e-6)
+    _close(s.grad, st.grad, 1e-5)
+
+
+@pytest.mark.parametrize("bad_step", [0.0, -0.3, -1e-12])
+def test_degenerate_step_stays_finite(bad_step):
+    x = torch.randn(100, requires_grad=True)
+    step = torch.tensor(bad_step, requires_grad=True)
+    out = lsq_quantize(x, step, -8, 7)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all() and torch.isfinite(step.grad)
+    if bad_step < -STEP_EPSILON:
+        assert torch.equal(out, lsq_quantize(x, torch.tensor(-bad_step), -8, 7))
+
+
+def test_guard_leaves_normal_steps_bit_identical():
+    torch.manual_seed(2)
+    x = torch.randn(50)
+    grad_out = torch.randn(50)
+    for value in (1e-6, 0.01, 0.7):
+        s1 = torch.tensor(value, requires_grad=True)
+        s2 = torch.tensor(value, requires_grad=True)
+        out = lsq_quantize(x, s1, -8, 7)
+        out.backward(grad_out)
+        ref = reference_grid(x, s2, -8, 7)
+        ref.backward(grad_out)
+        assert torch.equal(out, ref)
+        _close(s1.grad, s2.grad, 1e-5)
+
+
+def test_autocast_computes_in_float32():
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 4, 4).bfloat16().requires_grad_()
+    step = torch.tensor(0.3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lsq_quantize(x, step, 0, 15)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, lsq_quantize(x.detach().float(), torch.tensor(0.3), 0, 15))
+    out.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(step.grad)
+
+
+def test_backward_keeps_only_the_input_and_small_tensors():
+    x = torch.randn(64, 64, requires_grad=True)
+    step = torch.tensor(0.2, requires_grad=True)
+    out = LsqFakeQuantize.apply(x, step, None, None, -8, 7)
+    saved = out.grad_fn.saved_tensors
+    big = [t for t in saved if t is not None and t.numel() > 1]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
