@@ -96,8 +96,8 @@ class StepQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bit_width is None:
             raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
-        sigma = None if self.transformation is None else self.transformation.sigma(x)
         offset = self._offset()
+        sigma = None if self.transformation is None else self.transformation.sigma(x, offset)
         if not self._initialized:
             self._initialize(x, sigma, offset)
         quantized = lsq_quantize(

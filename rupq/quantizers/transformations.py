@@ -22,30 +22,38 @@ from rupq.errors import ConfigError
 
 
 class _StandardDeviation(torch.autograd.Function):
-    """Unbiased ``std(x)`` over ``dims`` in float32 (two passes; recomputes ``x - mean`` in backward).
+    """Unbiased ``std(x - o)`` over ``dims`` in float32; ``o`` (an offset, or ``None``) broadcasts.
 
-    ``torch.std`` over inner dims is an order of magnitude slower on CPU than a mean and a
-    vector norm, and it runs on every weight at every training step.
+    Two passes (mean, then the norm of the deviations); backward recomputes ``x - o - mean``
+    instead of keeping it. ``torch.std`` over inner dims is an order of magnitude slower on CPU,
+    and this runs on every weight at every training step.
 
-    ``d std / d x = (x - mean) / ((N - 1) std)``.
+    ``d std / d x = (x - o - mean) / ((N - 1) std)``, ``d std / d o = -Σ d std / d x``.
     """
 
     @staticmethod
-    def forward(ctx, x, dims):
-        x32 = x.float()
-        mean = x32.mean(dims, keepdim=True)
-        count = x32.numel() // mean.numel()
-        std = torch.linalg.vector_norm(x32 - mean, dim=dims, keepdim=True).div_(math.sqrt(count - 1))
+    def forward(ctx, x, offset, dims):
+        shifted = x.float() if offset is None else x.float() - offset
+        mean = shifted.mean(dims, keepdim=True)
+        count = shifted.numel() // mean.numel()
+        std = torch.linalg.vector_norm(shifted - mean, dim=dims, keepdim=True).div_(math.sqrt(count - 1))
         ctx.dims, ctx.count, ctx.x_dtype = dims, count, x.dtype
-        ctx.save_for_backward(x, mean, std)
+        ctx.save_for_backward(x, offset, mean, std)
         return std
 
     @staticmethod
     def backward(ctx, grad_std):
-        x, mean, std = ctx.saved_tensors
+        x, offset, mean, std = ctx.saved_tensors
         coefficient = grad_std / (std * (ctx.count - 1))
-        grad_x = (x.float() - mean).mul_(coefficient)
-        return grad_x.to(ctx.x_dtype), None
+        if offset is None:
+            grad_shifted = x.float() - mean
+        else:
+            grad_shifted = (x.float() - offset).sub_(mean)
+        grad_shifted.mul_(coefficient)
+        grad_offset = None
+        if offset is not None and ctx.needs_input_grad[1]:
+            grad_offset = -grad_shifted.sum_to_size(offset.shape)
+        return grad_shifted.to(ctx.x_dtype), grad_offset, None
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -81,10 +89,10 @@ def global_standard_deviation(x: torch.Tensor, process_group, offset: torch.Tens
     return variance.clamp_min(0.0).sqrt().float()
 
 
-def standard_deviation(x: torch.Tensor, dims: list[int] | None) -> torch.Tensor:
-    """Unbiased std of ``x`` over ``dims`` (all dims when ``None``), kept dims of size 1."""
+def standard_deviation(x: torch.Tensor, dims: list[int] | None, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Unbiased std of ``x - offset`` over ``dims`` (all dims when ``None``), kept dims of size 1."""
     all_dims = list(range(x.dim())) if dims is None else list(dims)
-    std = _StandardDeviation.apply(x, all_dims)
+    std = _StandardDeviation.apply(x, offset, all_dims)
     return std.reshape([]) if dims is None else std
 
 
@@ -134,13 +142,13 @@ class Standardization(nn.Module):
         dims = {d % len(tensor_shape) for d in self.dim}
         return [1 if i in dims else size for i, size in enumerate(tensor_shape)]
 
-    def sigma(self, x: torch.Tensor) -> torch.Tensor:
-        """σ for ``x`` (float32); updates the EMA in training mode."""
+    def sigma(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """σ of ``x - offset`` (float32); updates the EMA in training mode."""
         if self.training or self.momentum == 0.0 or not self._ema_ready:
             if self.process_group is not None and self.training and torch.is_grad_enabled():
-                batch_std = global_standard_deviation(x, self.process_group)
+                batch_std = global_standard_deviation(x, self.process_group, offset)
             else:
-                batch_std = standard_deviation(x, self.dim)
+                batch_std = standard_deviation(x, self.dim, offset)
             if not self.trainable or not self.training:
                 batch_std = batch_std.detach()
             if not self._ema_ready:
