@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from rupq.errors import RupqError
 from rupq.tools.training.loops import TrainingLoop, move_to
+from rupq.tools.training.parallel import any_process, synchronize_buffers
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, save_atomic
 
 
@@ -249,10 +250,11 @@ class Trainer:
                     metric.update(output.preds.detach(), output.targets)
             if self.is_main and (steps % 10 == 0 or batch_index + 1 == len(loader) + start_batch):
                 progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
-            if self._stop.requested:
+            if any_process(self._stop.requested, self.device):  # all processes stop after the same iteration
                 self.save_checkpoint(self.epoch, batch_index + 1)
                 raise TrainingInterrupted(self.checkpoint_path)
         progress.close()
+        synchronize_buffers(self.model)
         self._log_epoch("train", loss_sum, steps, loop.train_metrics)
         for name, (optimizer, _) in self.optimizers.items():
             self.log_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
