@@ -140,7 +140,9 @@ class DataModule:
         sampler = EpochSampler(
             len(self.train_dataset), seed, epoch, True, start_batch * self.local_batch_size, self.rank, self.world_size
         )
-        return self._loader(self.train_dataset, sampler, seed * 1_000_003 + epoch)
+        # Worker seeds differ per rank (independent augmentations on every process); rank 0 keeps
+        # the single-process seeds.
+        return self._loader(self.train_dataset, sampler, (seed * 1_000_003 + epoch) ^ (self.rank << 40))
 
     def calibration_batch(self, seed: int = 0):
         """The first training batch of epoch 0 at the global batch size, the same on every process."""
