@@ -78,6 +78,16 @@ class _ConfigLoader(yaml.SafeLoader):
                 raise ConfigError("mapping keys must be plain names", _location(self.config_path, key_node))
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node, deep=False):
+        # PyYAML's own constructors raise plain ValueError/TypeError/OverflowError for values
+        # such as the impossible date `2020-13-45` or `!!float abc`; report them at their line.
+        try:
+            return super().construct_object(node, deep=deep)
+        except (RupqError, yaml.YAMLError, RecursionError):
+            raise
+        except Exception as error:
+            raise ConfigError(f"cannot read this value: {error}", _location(self.config_path, node)) from error
+
 
 # YAML 1.1 reads `5e-4` (no dot) as a string; the seed configs write numbers that way.
 _FLOAT = re.compile(
@@ -127,7 +137,7 @@ def build(cls: type, args: list, kwargs: dict, tag: str, where: str):
     """Call ``cls(*args, **kwargs)``, turning argument mistakes into config errors."""
     try:
         signature = inspect.signature(cls, eval_str=True)
-    except (TypeError, ValueError, NameError):
+    except Exception:  # unresolvable annotations, builtins without a signature
         try:
             signature = inspect.signature(cls)
         except (TypeError, ValueError):
@@ -162,6 +172,8 @@ def build(cls: type, args: list, kwargs: dict, tag: str, where: str):
         raise error.at(where)
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise ConfigError(f"!{tag}: {error}", where) from error
+    except Exception as error:  # e.g. ZeroDivisionError or a torch RuntimeError caused by an argument
+        raise ConfigError(f"!{tag}: {type(error).__name__}: {error}", where) from error
     if type(obj).__module__.startswith("rupq."):
         # Lets errors found later (when the object is used) point back at its config line.
         obj.config_location = where
@@ -173,6 +185,47 @@ def location_of(obj) -> str | None:
     return getattr(obj, "config_location", None)
 
 
+def _argument_locations(config_path: str, node) -> dict[str, str]:
+    """``{"optimizers.sgd.name": "file:line", ...}`` for the keys of an object's mapping node.
+
+    Plain (untagged) mappings are followed, so that values checked only when the object is
+    used (an optimizer entry, its scheduler name) can still be reported at their own line.
+    Tagged values are objects with their own ``config_location`` and are not entered.
+    """
+    locations: dict[str, str] = {}
+    seen: set[int] = set()  # an alias may point back into its own mapping
+
+    def walk(mapping, prefix: str) -> None:
+        if id(mapping) in seen:
+            return
+        seen.add(id(mapping))
+        for key_node, value_node in mapping.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            name = f"{prefix}{key_node.value}"
+            locations.setdefault(name, _location(config_path, key_node))
+            if isinstance(value_node, yaml.MappingNode) and value_node.tag == "tag:yaml.org,2002:map":
+                walk(value_node, name + ".")
+
+    walk(node, "")
+    return locations
+
+
+def argument_locations(obj, argument: str) -> dict[str, str]:
+    """Locations under one argument of ``obj``, keyed relative to it; ``""`` is the argument itself.
+
+    ``argument_locations(task, "optimizers")["sgd.name"]`` is the line of ``name:`` in the
+    ``sgd`` entry of the task's optimizers mapping. Empty when no config built ``obj``.
+    """
+    found = {}
+    for name, where in getattr(obj, "config_locations", {}).items():
+        if name == argument:
+            found[""] = where
+        elif name.startswith(argument + "."):
+            found[name[len(argument) + 1 :]] = where
+    return found
+
+
 def _construct_tagged(loader: _ConfigLoader, tag_suffix: str, node):
     where = _location(loader.config_path, node)
     cls = resolve_tag(tag_suffix, where)
@@ -181,7 +234,10 @@ def _construct_tagged(loader: _ConfigLoader, tag_suffix: str, node):
         bad = [k for k in kwargs if not isinstance(k, str)]
         if bad:
             raise ConfigError(f"!{tag_suffix}: argument names must be strings, got {bad[0]!r}", where)
-        return build(cls, [], kwargs, tag_suffix, where)
+        obj = build(cls, [], kwargs, tag_suffix, where)
+        if location_of(obj) == where:
+            obj.config_locations = _argument_locations(loader.config_path, node)
+        return obj
     if isinstance(node, yaml.SequenceNode):
         return build(cls, loader.construct_sequence(node, deep=True), {}, tag_suffix, where)
     value = loader.construct_scalar(node)
@@ -217,6 +273,10 @@ def load_config(path) -> dict:
         raise ConfigError(f"YAML error: {error}", str(path)) from None
     except RecursionError:
         raise ConfigError("config is nested too deeply", str(path)) from None
+    except RupqError:
+        raise
+    except Exception as error:  # a last resort: whatever the input, the user gets one line
+        raise ConfigError(f"cannot read config: {type(error).__name__}: {error}", str(path)) from error
     finally:
         loader.dispose()
     if not isinstance(config, dict):

@@ -6,10 +6,30 @@ every other exception is a bug and keeps its traceback.
 """
 
 
+WORKER_PREFIX = "Caught "
+WORKER_TRACEBACK = "\nOriginal Traceback"
+
+
+def _one_line(message: str) -> tuple[str, str | None]:
+    """``(message, worker traceback or None)``.
+
+    An error raised inside a DataLoader worker reaches the main process as the same class built
+    from ``"Caught DataError in DataLoader worker process 0.\\nOriginal Traceback ..."``; its
+    last line holds the original message, which is what the user needs to read.
+    """
+    worker_traceback = None
+    if message.startswith(WORKER_PREFIX) and WORKER_TRACEBACK in message:
+        worker_traceback = message
+        last = message.rstrip().splitlines()[-1]  # "rupq.errors.DataError: <original message>"
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(line.strip() for line in message.splitlines() if line.strip()), worker_traceback
+
+
 class RupqError(Exception):
     """An error in the user's input, reported as one line."""
 
     def __init__(self, message: str, where: str | None = None):
+        message, self.worker_traceback = _one_line(str(message))
         super().__init__(message)
         self.message = message
         self.where = where

@@ -1,5 +1,9 @@
 """Command line: ``python rupq/main.py --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]``.
 
+Several GPUs in one process: ``--gpu 0,1`` (DataParallel). One process per GPU, on one or several
+machines: ``torchrun --nproc_per_node N [--nnodes M …] rupq/main.py …`` (DistributedDataParallel,
+see :mod:`rupq.tools.training.parallel`).
+
 config → objects → ``Task.run``. Errors in the user's input are printed as one line and exit
 with status 2 (``--debug`` shows the traceback).
 """
@@ -22,7 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--logdir", required=True, help="runs go to LOGDIR/version_N (next free N)")
     parser.add_argument("--load", help="model.ckpt of an earlier run, or torchvision:resnet18 / torchvision:mobilenet_v2")
     parser.add_argument("--checkpoint_path", help="resume from a training checkpoint (LOGDIR/version_N/checkpoints/last.ckpt)")
-    parser.add_argument("--gpu", help="visible CUDA devices, e.g. 0 or 0,1 (several: DataParallel)")
+    parser.add_argument("--gpu", help="visible CUDA devices, e.g. 0 or 0,1 (several: DataParallel; under torchrun, "
+                        "the devices the processes of each machine take by LOCAL_RANK)")
+    parser.add_argument("--sync_bn", action="store_true",
+                        help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return parser.parse_args(argv)
 
@@ -31,7 +38,10 @@ def next_version_dir(logdir: Path) -> Path:
     """Create and return ``logdir/version_N`` for the first N not taken; never reuse one."""
     if logdir.exists() and not logdir.is_dir():
         raise ConfigError(f"--logdir {logdir} is a file, not a folder")
-    logdir.mkdir(parents=True, exist_ok=True)
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent that is a file, no permission, read-only disk
+        raise ConfigError(f"cannot create --logdir {logdir}: {error.strerror or error}") from None
     taken = [int(p.name[8:]) for p in logdir.glob("version_*") if p.name[8:].isdigit()]
     number = max(taken, default=-1) + 1
     while True:
@@ -41,20 +51,33 @@ def next_version_dir(logdir: Path) -> Path:
             return candidate
         except FileExistsError:  # another run took it meanwhile
             number += 1
+        except OSError as error:
+            raise ConfigError(f"cannot create {candidate}: {error.strerror or error}") from None
 
 
-def select_device(gpu: str | None):
-    import torch
+def make_version_dir(args: argparse.Namespace, parallel) -> Path:
+    """The main process creates ``LOGDIR/version_N`` and copies the config; all get its path."""
+    from rupq.tools.training.parallel import broadcast_from_main
 
-    if torch.cuda.is_available():
-        return torch.device("cuda", 0)
-    if gpu:
-        print(f"--gpu {gpu}: CUDA is not available, running on the CPU", flush=True)
-    return torch.device("cpu")
+    created, failure = None, None
+    if parallel.is_main:
+        try:
+            created = next_version_dir(Path(args.logdir))
+            shutil.copyfile(args.config, created / "config.yaml")
+            print(f"writing to {created}", flush=True)
+        except Exception as error:  # raised after the broadcast, so no process waits forever
+            failure = error
+    path = broadcast_from_main(None if created is None else str(created))
+    if failure is not None:
+        raise failure
+    if path is None:
+        sys.exit(2)  # the main process failed and reports why
+    return Path(path)
 
 
 def run(args: argparse.Namespace) -> Path:
-    from rupq.config import load_config
+    from rupq.config import load_config, location_of
+    from rupq.tools.training.parallel import setup_parallelism
     from rupq.tools.training.task import RunContext, Task
 
     config = load_config(args.config)
@@ -62,11 +85,19 @@ def run(args: argparse.Namespace) -> Path:
     if not isinstance(task, Task):
         found = "nothing" if task is None else type(task).__name__
         raise ConfigError(f"the config needs a top-level `task: !Task`, found {found}", args.config)
-    device = select_device(args.gpu)
-    version_dir = next_version_dir(Path(args.logdir))
-    shutil.copyfile(args.config, version_dir / "config.yaml")
-    print(f"writing to {version_dir}", flush=True)
-    task.run(RunContext(version_dir=version_dir, device=device, load=args.load, checkpoint_path=args.checkpoint_path))
+    parallel = setup_parallelism(args.gpu, args.sync_bn)
+    try:
+        version_dir = make_version_dir(args, parallel)
+        context = RunContext(
+            version_dir=version_dir, device=parallel.device, load=args.load, checkpoint_path=args.checkpoint_path,
+            rank=parallel.rank, world_size=parallel.world_size, wrap_model=parallel.wrap_model,
+        )
+        try:
+            task.run(context)
+        except ConfigError as error:  # found while running (optimizers, model_arch …): point at the task at least
+            raise error.at(location_of(task))
+    finally:
+        parallel.close()
     return version_dir
 
 
@@ -80,6 +111,8 @@ def main(argv=None) -> None:
         run(args)
     except RupqError as error:
         if args.debug:
+            if error.worker_traceback:  # raised in a DataLoader worker: show where
+                print(error.worker_traceback, file=sys.stderr)
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

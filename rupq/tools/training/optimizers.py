@@ -35,68 +35,93 @@ def select_parameters(model: nn.Module, params_type: str) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and param_type(n) in wanted]
 
 
-def _lookup(module, name, kind: str, where: str):
+def _lookup(module, name, kind: str, where: str, line: str | None = None):
     cls = getattr(module, str(name), None) if isinstance(name, str) else None
     if not (inspect.isclass(cls)):
         known = [n for n, c in vars(module).items() if inspect.isclass(c) and not n.startswith("_")]
         close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"{where}: unknown {kind} '{name}'{hint}")
+        raise ConfigError(f"{where}: unknown {kind} '{name}'{hint}", line)
     return cls
 
 
-def _construct(cls, args: dict, what: str):
+def _construct(cls, args: dict, what: str, line: str | None = None):
     if not isinstance(args, dict):
-        raise ConfigError(f"{what}: params must be a mapping, got {type(args).__name__}")
+        raise ConfigError(f"{what}: params must be a mapping, got {type(args).__name__}", line)
     try:
         return cls(**args)
     except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(f"{what}: {error}") from None
+        raise ConfigError(f"{what}: {error}", line) from None
 
 
-def build_optimizers(model: nn.Module, spec) -> dict[str, tuple]:
-    """``{name: (optimizer, scheduler or None)}`` in config order."""
+def build_optimizers(model: nn.Module, spec, locations: dict[str, str] | None = None) -> dict[str, tuple]:
+    """``{name: (optimizer, scheduler or None)}`` in config order.
+
+    ``locations`` maps keys of ``spec`` (``""`` for the mapping itself, ``"sgd"``, ``"sgd.name"``,
+    ``"sgd.scheduler.params"`` …) to their ``file:line`` (:func:`rupq.config.argument_locations`);
+    an error is reported at the most precise one known.
+    """
+    locations = locations or {}
+
+    def line(*keys: str) -> str | None:
+        for key in keys:
+            if key in locations:
+                return locations[key]
+        return locations.get("")
+
     if not spec:
-        raise ConfigError("task has no optimizers; add an `optimizers:` mapping to !Task")
+        raise ConfigError("task has no optimizers; add an `optimizers:` mapping to !Task", line())
     if not isinstance(spec, dict):
-        raise ConfigError(f"optimizers must be a mapping of name -> optimizer, got {type(spec).__name__}")
+        raise ConfigError(f"optimizers must be a mapping of name -> optimizer, got {type(spec).__name__}", line())
     built = {}
     for name, entry in spec.items():
         where = f"optimizer '{name}'"
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a mapping with name/params/scheduler, got {type(entry).__name__}")
+            raise ConfigError(
+                f"{where}: expected a mapping with name/params/scheduler, got {type(entry).__name__}", line(f"{name}")
+            )
         unknown = set(entry) - {"name", "model_params_type", "params", "scheduler"}
         if unknown:
             raise ConfigError(
-                f"{where}: unexpected key '{sorted(unknown)[0]}'; accepted: name, model_params_type, params, scheduler"
+                f"{where}: unexpected key '{sorted(unknown)[0]}'; accepted: name, model_params_type, params, scheduler",
+                line(f"{name}.{sorted(unknown)[0]}", f"{name}"),
             )
         if "name" not in entry:
-            raise ConfigError(f"{where}: missing 'name' (a torch.optim class such as SGD or Adam)")
-        cls = _lookup(torch.optim, entry["name"], "optimizer", where)
+            raise ConfigError(f"{where}: missing 'name' (a torch.optim class such as SGD or Adam)", line(f"{name}"))
+        cls = _lookup(torch.optim, entry["name"], "optimizer", where, line(f"{name}.name", f"{name}"))
         params_type = entry.get("model_params_type", "all")
         if params_type not in PARAM_TYPES:
             close = difflib.get_close_matches(str(params_type), PARAM_TYPES, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(
-                f"{where}: unknown model_params_type '{params_type}'{hint} (accepted: {', '.join(PARAM_TYPES)})"
+                f"{where}: unknown model_params_type '{params_type}'{hint} (accepted: {', '.join(PARAM_TYPES)})",
+                line(f"{name}.model_params_type", f"{name}"),
             )
         params = select_parameters(model, params_type)
         if not params:
             raise ConfigError(
                 f"{where}: model_params_type '{params_type}' selects no parameters of this model"
-                + (" (is the model quantized? add a model_parser)" if params_type.startswith("quant") else "")
+                + (" (is the model quantized? add a model_parser)" if params_type.startswith("quant") else ""),
+                line(f"{name}.model_params_type", f"{name}"),
             )
-        optimizer = _construct(lambda **kw: cls(params, **kw), entry.get("params") or {}, f"{where} ({entry['name']})")
+        optimizer = _construct(
+            lambda **kw: cls(params, **kw), entry.get("params") or {}, f"{where} ({entry['name']})",
+            line(f"{name}.params", f"{name}"),
+        )
         scheduler = None
         if entry.get("scheduler"):
             scheduler_spec = entry["scheduler"]
             if not isinstance(scheduler_spec, dict) or "name" not in scheduler_spec:
-                raise ConfigError(f"{where}: scheduler must be a mapping with a 'name'")
-            scheduler_cls = _lookup(torch.optim.lr_scheduler, scheduler_spec["name"], "scheduler", where)
+                raise ConfigError(f"{where}: scheduler must be a mapping with a 'name'", line(f"{name}.scheduler"))
+            scheduler_cls = _lookup(
+                torch.optim.lr_scheduler, scheduler_spec["name"], "scheduler", where,
+                line(f"{name}.scheduler.name", f"{name}.scheduler"),
+            )
             scheduler = _construct(
                 lambda **kw: scheduler_cls(optimizer, **kw),
                 scheduler_spec.get("params") or {},
                 f"{where} scheduler ({scheduler_spec['name']})",
+                line(f"{name}.scheduler.params", f"{name}.scheduler"),
             )
         built[name] = (optimizer, scheduler)
     return built

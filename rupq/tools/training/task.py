@@ -10,13 +10,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rupq.config import location_of
+from rupq.config import argument_locations, location_of
 from rupq.errors import CheckpointError, ConfigError, RupqError
 from rupq.models import architecture_of, create_model
 from rupq.tools.callbacks.base import Callback
 from rupq.tools.callbacks.model_saver import ModelSaver
 from rupq.tools.training.loops import TrainingLoop, move_to
 from rupq.tools.training.optimizers import build_optimizers
+from rupq.tools.training.parallel import process_seed
 from rupq.tools.training.trainer import Trainer
 from rupq.tools.utils.checkpoint import MODEL_FORMAT, TRAINING_FORMAT, load_checkpoint
 
@@ -199,7 +200,7 @@ class Task:
         quantized = self.model_parser is not None
         if quantized:
             self.initialize_quantizers(model, context)
-        optimizers = build_optimizers(model, self.optimizers)
+        optimizers = build_optimizers(model, self.optimizers, argument_locations(self, "optimizers"))
         callbacks = [self.model_saver] + self.callbacks
         if quantized:
             from rupq.tools.callbacks.quantization import QuantVarsCallback
@@ -227,7 +228,12 @@ class Task:
                     f"{context.checkpoint_path} already finished epoch {trainer.epoch} of {self.epochs}: "
                     "raise epochs in the config to train further", location_of(self)
                 )
-            print(f"resuming at epoch {trainer.epoch + 1}, iteration {trainer.start_batch + 1}", flush=True)
+            if context.is_main:
+                print(f"resuming at epoch {trainer.epoch + 1}, iteration {trainer.start_batch + 1}", flush=True)
+        if context.world_size > 1:
+            # One seed so far on every process (identical models and calibration); from here on
+            # each process draws its own augmentations and dropout masks.
+            seed_everything(process_seed(self.seed, context.rank, trainer.global_step))
         logged = trainer.fit()
         if context.is_main and context.version_dir is not None:
             results = {key: value for key, value in logged.items()}
