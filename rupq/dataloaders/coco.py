@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from tqdm import tqdm
 
-from rupq.dataloaders.base import DataModule, EpochSampler
+from rupq.dataloaders.base import DataModule
 from rupq.dataloaders.transforms.detection import DetectionAugmentation, letterbox
 from rupq.errors import DataError
 
@@ -241,20 +241,20 @@ class COCODataloader(DataModule):
             self.val_dataset.image_size = size
 
     def train_dataloader(self, epoch: int = 0, start_batch: int = 0, seed: int = 0) -> DataLoader:
+        loader = super().train_dataloader(epoch, start_batch, seed)
         if not self.multiscale:
-            return super().train_dataloader(epoch, start_batch, seed)
-        sampler = EpochSampler(
-            len(self.train_dataset), seed, epoch, True, start_batch * self.local_batch_size, self.rank, self.world_size
-        )
+            return loader
+        # The base class's loader (its sampler, seeds and worker setup), batched by size.
         batches = MultiscaleBatchSampler(
-            sampler, self.local_batch_size, multiscale_sizes(self.image_size), seed, epoch, start_batch
+            loader.sampler, self.local_batch_size, multiscale_sizes(self.image_size), seed, epoch, start_batch
         )
         return DataLoader(
-            self.train_dataset,
+            loader.dataset,
             batch_sampler=batches,
-            num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
-            persistent_workers=False,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            generator=loader.generator,
+            worker_init_fn=loader.worker_init_fn,
+            persistent_workers=loader.persistent_workers,
         )

@@ -1,3 +1,5 @@
 """Loss tags of the project (standard losses come straight from ``torch.nn``)."""
 
-__all__: list[str] = []
+from rupq.tools.losses.yolo import YOLOLoss
+
+__all__ = ["YOLOLoss"]
