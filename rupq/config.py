@@ -267,7 +267,10 @@ def load_config(path) -> dict:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        problem = " ".join(str(part) for part in (error.context, error.problem) if part)
+        context = error.context
+        if context and error.context_mark and mark is not error.context_mark and error.context_mark.line != mark.line:
+            context = f"{context} (from line {error.context_mark.line + 1})"
+        problem = " ".join(str(part) for part in (context, error.problem) if part)
         raise ConfigError(f"YAML syntax error: {problem}", f"{path}{line}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"YAML error: {error}", str(path)) from None

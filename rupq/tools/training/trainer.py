@@ -232,9 +232,12 @@ class Trainer:
             output = loop.training_step(self.train_model, batch)
             loss_value = output.loss.item()
             if not math.isfinite(loss_value):
+                # Stop before the step: the checkpoints on disk (written at epoch ends) stay the last good ones.
+                checkpoint = self.checkpoint_path
+                kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.is_file()
+                        else "no checkpoint had been written yet")
                 raise NonFiniteLoss(
-                    f"loss is {loss_value} at epoch {self.epoch + 1}, iteration {batch_index + 1}: stopping; "
-                    f"the last good checkpoint is {self.checkpoint_path}"
+                    f"loss is {loss_value} at epoch {self.epoch + 1}, iteration {batch_index + 1}: stopping; {kept}"
                 )
             for optimizer, _ in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
