@@ -1,0 +1,291 @@
+"""Several devices: mode selection, DataParallel wrapping (on the CPU) and real DDP runs over gloo.
+
+The distributed tests start ``torchrun --standalone --nproc_per_node 2`` on ``ddp_worker.py``
+(``rupq/main.py`` plus a dump of every process's model) and compare with one-process runs of
+the same config and global batch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tiny_models  # noqa: F401  (registers tiny_convnet)
+from conftest import REPO, write_config, write_idx
+from rupq.config import load_config
+from rupq.errors import ConfigError
+from rupq.tools.training.parallel import Parallelism, choose_mode, setup_parallelism, torchrun_ranks
+from rupq.tools.training.task import RunContext
+from rupq.tools.utils.checkpoint import load_checkpoint
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+RUPQ_CONFIG = """
+model_parser: &model_parser !ModelParser
+  wrappers:
+    Conv2d: !QuantConv2d
+      quantizer: !ModuleQuantizer
+        input_quantizer: !StepOffsetQuantizer
+          initializer: !MinErrorInitializer {{n_iters: 40}}
+          transformation: !Standardization {{momentum: 0.9, std_init: 1.0}}
+        weight_quantizer: !StepQuantizer
+          initializer: !MinErrorInitializer {{n_iters: 40}}
+          transformation: !Standardization {{dim: [1, 2, 3]}}
+          per_channel: true
+    Linear: !QuantLinear
+      quantizer: !ModuleQuantizer
+        input_quantizer: !StepOffsetQuantizer
+          initializer: !MinErrorInitializer {{n_iters: 40}}
+          transformation: !Standardization {{momentum: 0.9, std_init: 1.0}}
+        weight_quantizer: !StepQuantizer
+          initializer: !MinErrorInitializer {{n_iters: 40}}
+          transformation: !Standardization {{dim: [1]}}
+          per_channel: true
+  input_bit_width: {{default: 4, exceptions: {{{first}: 8}}}}
+  weight_bit_width: {{default: 4, exceptions: {{{first}: 8}}}}
+  half_wave: {{default: true, exceptions: {{{first}: false}}}}
+dataset: &dataset !FashionMNISTDataloader
+  batch_size: 16
+  num_workers: 0
+  augment: false
+  root: {root}
+schedule: &schedule {{name: CosineAnnealingLR, params: {{T_max: 8}}}}
+optimizers: &optimizers
+  weight_optimizer:
+    name: SGD
+    model_params_type: weight
+    params: {{lr: 0.05, momentum: 0.9}}
+    scheduler: *schedule
+  quant_weight_optimizer:
+    name: Adam
+    model_params_type: quant_weight
+    params: {{lr: 0.001}}
+    scheduler: *schedule
+  quant_input_optimizer:
+    name: Adam
+    model_params_type: quant_input
+    params: {{lr: 0.01}}
+    scheduler: *schedule
+training_loop: &training_loop !TrainingLoop
+  dataset: *dataset
+  loss: !CrossEntropyLoss
+  train_metrics:
+    accuracy: !Accuracy
+  val_metrics:
+    accuracy: !Accuracy
+task: !Task
+  training_loop: *training_loop
+  epochs: {epochs}
+  model_parser: *model_parser
+  optimizers: *optimizers
+  model_saver: {{monitor: val_accuracy, mode: max}}
+  model_arch: {model}
+{model_kwargs}"""
+TINY = {"model": "tiny_convnet", "first": "'0'", "model_kwargs": ""}  # tiny_models.py
+SMALL_RESNET = {"model": "small_resnet", "first": "conv1", "model_kwargs": "  model_kwargs: {widths: [4, 8], blocks: [1, 1]}\n"}
+
+
+def rupq_config(path: Path, root: Path, epochs: int, model: dict) -> Path:
+    return write_config(path, RUPQ_CONFIG.format(root=root, epochs=epochs, **model))
+
+
+def launch(*runs, processes: int = 2) -> subprocess.CompletedProcess:
+    """``ddp_worker.py`` over gloo under torchrun (``processes`` > 1) or as one plain process."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "CUDA_VISIBLE_DEVICES")}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on the CPU even where there is a GPU
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    arguments = " --then ".join(" ".join(map(str, run)) for run in runs).split()
+    result = subprocess.run(
+        [*launcher, str(WORKER), *arguments], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def states(logdir: Path, processes: int) -> list[dict]:
+    """Every process's model after its last step (``ddp_worker.py`` writes them into LOGDIR)."""
+    return [torch.load(logdir / f"state_rank{rank}.pt") for rank in range(processes)]
+
+
+def assert_same_states(a: dict, b: dict, **tolerance) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if tolerance:
+            torch.testing.assert_close(a[name], b[name], msg=name, **tolerance)
+        else:
+            assert torch.equal(a[name], b[name]), name
+
+
+def fashion_mnist_files(root: Path) -> Path:
+    """64 training and 32 test images in the idx format (as conftest's tiny_fashion_mnist)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 64), ("t10k", 32)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 60, size=(count, 28, 28))
+        for index, label in enumerate(labels):
+            images[index, 2 * label : 2 * label + 3] = 255
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+# ---- mode selection (no processes) ----------------------------------------------------------
+
+
+def test_torchrun_variables_choose_the_mode():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
+    assert torchrun_ranks(torchrun) == (3, 4, 1)
+    assert choose_mode(None, 0, torchrun) == "distributed"
+    assert choose_mode("0,1", 2, torchrun) == "distributed"  # under torchrun --gpu only picks devices
+    single_process_torchrun = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    assert torchrun_ranks(single_process_torchrun) is None
+    assert choose_mode("0,1", 2, {}) == "data_parallel"
+    assert choose_mode("0", 1, {}) == "single"
+    assert choose_mode("0,1", 0, {}) == "single"  # no CUDA: the CPU
+    assert choose_mode(None, 4, {}) == "single"  # all GPUs visible but no --gpu: one GPU
+    with pytest.raises(ConfigError, match="WORLD_SIZE is set but RANK, LOCAL_RANK is not"):
+        torchrun_ranks({"WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="must be integers"):
+        torchrun_ranks({"RANK": "a", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(ConfigError, match="RANK 2 / LOCAL_RANK 0 do not fit WORLD_SIZE 2"):
+        torchrun_ranks({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
+def test_sync_bn_is_refused_without_torchrun_or_gpus():
+    with pytest.raises(ConfigError, match="--sync_bn synchronizes BatchNorm between the processes of a torchrun"):
+        setup_parallelism(None, sync_bn=True, environ={})
+    torchrun = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    with pytest.raises(ConfigError, match="--sync_bn needs GPUs"):
+        setup_parallelism(None, sync_bn=True, environ=torchrun)
+    assert not torch.distributed.is_initialized()
+    plain = setup_parallelism("0,1", environ={})
+    assert plain.mode == "single" and plain.device == torch.device("cpu") and plain.wrap_model(model := nn.Linear(1, 1)) is model
+
+
+# ---- DataParallel code path (runs on the CPU: DataParallel without GPUs calls the model) ------
+
+
+def test_data_parallel_run_writes_unwrapped_checkpoints(tmp_path, tiny_fashion_mnist):
+    """The model trained through DataParallel is saved without its ``module.`` prefix and loads
+    into a plain model; input quantizers count the elements of the global batch."""
+    config = rupq_config(tmp_path / "tiny.yaml", tiny_fashion_mnist, 1, TINY)
+    parallel = Parallelism("data_parallel", torch.device("cpu"), gpus=2)
+    wrapped = []
+
+    def wrap_model(model):
+        wrapped.append(parallel.wrap_model(model))
+        return wrapped[-1]
+
+    load_config(config)["task"].run(RunContext(version_dir=tmp_path, device=parallel.device, wrap_model=wrap_model))
+    (data_parallel,) = wrapped
+    assert isinstance(data_parallel, nn.DataParallel)
+    layers = [layer for layer in data_parallel.module.modules() if hasattr(layer, "quantizer")]
+    assert layers and all(layer.quantizer.input_quantizer.batch_shards == 2 for layer in layers)
+    assert all(layer.quantizer.weight_quantizer.batch_shards == 1 for layer in layers)
+    last = tmp_path / "checkpoints/last.ckpt"
+    for checkpoint in (load_checkpoint(tmp_path / "model.ckpt"), load_checkpoint(last)["model"]):
+        assert checkpoint["quantized"] and not any(key.startswith("module.") for key in checkpoint["state_dict"])
+    # What --checkpoint_path does in any mode: a plain model, then the saved state.
+    cpu = RunContext(version_dir=None, device=torch.device("cpu"), checkpoint_path=str(last))
+    rebuilt = load_config(config)["task"].build_model(cpu, load_checkpoint(last))
+    assert_same_states(rebuilt.state_dict(), data_parallel.module.state_dict())
+    # ... and training goes on without a wrapper.
+    two_epochs = rupq_config(tmp_path / "two.yaml", tiny_fashion_mnist, 2, TINY)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    load_config(two_epochs)["task"].run(RunContext(version_dir=resumed, device=torch.device("cpu"), checkpoint_path=str(last)))
+    assert load_checkpoint(resumed / "checkpoints/last.ckpt")["epoch"] == 2
+
+
+# ---- DistributedDataParallel over gloo, two processes ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two launches shared by the tests below (starting torch is most of their time):
+
+    1. torchrun, 2 processes: ``tiny_convnet`` (no BatchNorm) for 1 epoch; ``small_resnet``
+       (BatchNorm) for 1 epoch;
+    2. one process: ``tiny_convnet`` for 1 epoch (the reference); epoch 2 resumed from the
+       DDP checkpoint of run 1; epoch 2 resumed from its own checkpoint.
+    """
+    root = tmp_path_factory.mktemp("parallel")
+    data = fashion_mnist_files(root / "fashion")
+    one_epoch = rupq_config(root / "one.yaml", data, 1, TINY)
+    two_epochs = rupq_config(root / "two.yaml", data, 2, TINY)
+    batchnorm = rupq_config(root / "small.yaml", data, 1, SMALL_RESNET)
+    ddp = launch(["--config", one_epoch, "--logdir", root / "ddp"], ["--config", batchnorm, "--logdir", root / "ddp_batchnorm"])
+    single = launch(
+        ["--config", one_epoch, "--logdir", root / "single"],
+        ["--config", two_epochs, "--logdir", root / "single_after_ddp",
+         "--checkpoint_path", root / "ddp/version_0/checkpoints/last.ckpt"],
+        ["--config", two_epochs, "--logdir", root / "single_after_single",
+         "--checkpoint_path", root / "single/version_0/checkpoints/last.ckpt"],
+        processes=1,
+    )
+    return root, single.stdout, ddp.stdout
+
+
+def test_distributed_rupq_equals_one_process(runs):
+    """Two processes on halves of each global batch of 16 train exactly as one process on the
+    whole batch: every process ends with the same weights, steps, offsets and σ EMAs, equal to
+    the one-process run (a model without BatchNorm, whose statistics are per shard)."""
+    root, _, _ = runs
+    rank0, rank1 = states(root / "ddp", 2)
+    assert_same_states(rank0, rank1)
+    emas = [name for name in rank0 if name.endswith("input_quantizer.transformation.ema_std")]
+    assert emas and all(rank0[name] != 1.0 for name in emas)  # std_init 1.0, then trained
+    (reference,) = states(root / "single", 1)
+    assert_same_states(rank0, reference, rtol=1e-5, atol=1e-5)
+    for name, value in rank0.items():  # the run did train its quantization parameters
+        if name.endswith("input_quantizer.step"):
+            assert not torch.equal(value, rank0[name.replace(".step", ".initial_step")]), name
+    single_logged = json.loads((root / "single/version_0/results.json").read_text())
+    ddp_logged = json.loads((root / "ddp/version_0/results.json").read_text())
+    for name in ("train_target_loss", "train_accuracy", "val_target_loss", "val_accuracy"):
+        assert ddp_logged[name] == pytest.approx(single_logged[name], rel=1e-5, abs=1e-6), name
+
+
+def test_only_the_main_process_writes(runs):
+    root, single_stdout, ddp_stdout = runs
+    for run in ("ddp", "ddp_batchnorm"):
+        version_dir = root / run / "version_0"
+        assert [p.name for p in version_dir.parent.iterdir() if p.is_dir()] == ["version_0"], run
+        assert len(list(version_dir.glob("events.out.tfevents.*"))) == 1, run
+        for name in ("config.yaml", "model.ckpt", "checkpoints/last.ckpt", "results.json"):
+            assert (version_dir / name).is_file(), (run, name)
+    assert ddp_stdout.count("writing to") == 2  # rank 0 only, once per run
+    assert ddp_stdout.count("initial step") == 2  # the calibration report, once per run
+
+
+def test_ddp_checkpoint_resumes_in_one_process(runs):
+    """Epoch 2 in one process, resumed from the DDP run's checkpoint, gives the model that
+    resuming the one-process run's checkpoint gives."""
+    root, single_stdout, _ = runs
+    assert single_stdout.count("resuming at epoch 2, iteration 1") == 2
+    after_ddp = load_checkpoint(root / "single_after_ddp/version_0/checkpoints/last.ckpt")
+    after_single = load_checkpoint(root / "single_after_single/version_0/checkpoints/last.ckpt")
+    assert after_ddp["epoch"] == after_single["epoch"] == 2
+    assert_same_states(after_ddp["model"]["state_dict"], after_single["model"]["state_dict"], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_statistics_end_identical_on_every_process(runs):
+    """With BatchNorm each process normalizes its own shard, but after the epoch every process
+    holds rank 0's statistics (what validation, callbacks and the checkpoint see)."""
+    root, _, _ = runs
+    rank0, rank1 = states(root / "ddp_batchnorm", 2)
+    assert any(name.endswith("running_var") for name in rank0)
+    assert_same_states(rank0, rank1)
+    saved = load_checkpoint(root / "ddp_batchnorm/version_0/checkpoints/last.ckpt")["model"]["state_dict"]
+    assert_same_states(saved, rank0)
