@@ -13,6 +13,7 @@ while its recorded modification time equals the image's; an edited image is deco
 """
 
 import hashlib
+import mmap
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -99,8 +100,31 @@ class ImagePair(NamedTuple):
     hr_cached: Path
 
 
-def image_shape(cached: Path) -> tuple[int, ...]:
-    return np.load(cached, mmap_mode="r").shape
+class CachedImage(NamedTuple):
+    """Where the pixels of a cached ``.npy`` file start, and their ``H×W×3`` shape."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def open(cls, path: Path) -> "CachedImage":
+        with open(path, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(stream)
+            offset = stream.tell()
+        if dtype != np.uint8 or fortran_order or len(shape) != 3 or shape[2] != 3:
+            raise DataError(f"{path} is not an image cache file (H×W×3 uint8); delete it to have it rebuilt")
+        return cls(Path(path), offset, shape)
+
+    def pixels(self) -> np.ndarray:
+        """The image, memory-mapped read-only (``np.load(mmap_mode="r")`` costs several times more
+        per call: it resolves the path and parses the header every time)."""
+        with open(self.path, "rb") as stream:
+            mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+        # The array keeps the mapping alive; it is unmapped when the array is freed.
+        return np.frombuffer(mapped, np.uint8, count=int(np.prod(self.shape)), offset=self.offset).reshape(self.shape)
 
 
 class SuperResolutionPairs(Dataset):
@@ -115,11 +139,12 @@ class SuperResolutionPairs(Dataset):
                  repeat: int = 1):
         self.pairs, self.scale, self.normalize = pairs, scale, normalize
         self.patch_size, self.repeat = patch_size, repeat
-        for pair in pairs:
-            self._check_sizes(pair)
+        self.images = [(CachedImage.open(pair.lr_cached), CachedImage.open(pair.hr_cached)) for pair in pairs]
+        for pair, (lr, hr) in zip(pairs, self.images):
+            self._check_sizes(pair, lr.shape, hr.shape)
 
-    def _check_sizes(self, pair: ImagePair) -> None:
-        (lr_height, lr_width, _), (hr_height, hr_width, _) = image_shape(pair.lr_cached), image_shape(pair.hr_cached)
+    def _check_sizes(self, pair: ImagePair, lr_shape: tuple, hr_shape: tuple) -> None:
+        (lr_height, lr_width, _), (hr_height, hr_width, _) = lr_shape, hr_shape
         if hr_height < self.scale * lr_height or hr_width < self.scale * lr_width:
             raise DataError(
                 f"{pair.hr} is {hr_width}×{hr_height} but its ×{self.scale} LR image {pair.lr} is "
@@ -135,9 +160,8 @@ class SuperResolutionPairs(Dataset):
         return len(self.pairs) * self.repeat
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = self.pairs[index % len(self.pairs)]
-        lr = np.load(pair.lr_cached, mmap_mode="r")
-        hr = np.load(pair.hr_cached, mmap_mode="r")
+        lr_image, hr_image = self.images[index % len(self.images)]
+        lr, hr = lr_image.pixels(), hr_image.pixels()
         if self.patch_size is not None:
             lr, hr = random_aligned_crop(lr, hr, self.scale, self.patch_size)
             lr, hr = random_dihedral(lr, hr)
