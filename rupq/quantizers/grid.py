@@ -14,13 +14,16 @@ Exactly on a bound (``x / s' == n`` or ``== p``) half of the incoming gradient r
 inside all of it, outside none.
 
 The fused function also applies the LSQ+ offset ``o`` and RUPQ's standardization ``σ`` around
-the grid, because all three share one elementwise pass::
+the grid, because all three share one elementwise pass. Since ``s' σ · round(clamp(u / s'))``
+with ``u = (x - o) / σ`` only depends on the product ``c = s' σ``, it folds them::
 
-    t   = ((x - o) / σ) / s'
-    out = round(clamp(t, n, p)) * s' * σ + o
+    t   = (x - o) / c,   c = s' σ
+    out = round(clamp(t, n, p)) * c + o
 
-with the gradients (``m`` = 1 inside, 1/2 on a bound, 0 outside; sums run over the elements
-sharing one step / σ / offset)::
+(the literal chain ``((x - o) / σ) / s'`` rounds differently only in the last bit, so a code
+can differ from it solely where ``t`` lies within a few ulp of a rounding midpoint), with the
+gradients (``m`` = 1 inside, 1/2 on a bound, 0 outside; sums run over the elements sharing one
+step / σ / offset)::
 
     dL/dx  = g_out * m
     dL/ds' = Σ g_out * σ * (q - m t)
@@ -69,28 +72,31 @@ def guard_step(step: torch.Tensor) -> torch.Tensor:
     return step.abs().clamp_min(STEP_EPSILON)
 
 
-def _standardized_codes(x, step, sigma, offset):
-    """``t = ((x - o) / σ) / s'`` in float32, in a fresh tensor."""
-    t = x.float()
-    if offset is not None:
-        t = t - offset
-        if sigma is not None:
-            t.div_(sigma)
-    elif sigma is not None:
-        t = t / sigma
-    else:
-        return t / step
-    return t.div_(step)
+def _folded_scale(step, sigma):
+    """``c = s' σ``: the grid only ever sees the product (one pass instead of two per use)."""
+    return step if sigma is None else step * sigma
+
+
+def _codes(x, scale, offset):
+    """``t = (x - o) / c`` in float32, in a fresh tensor."""
+    x = x.float()
+    if offset is None:
+        return x / scale
+    return torch.sub(x, offset).div_(scale)
 
 
 def fake_quantize_values(x, step, n, p, sigma=None, offset=None) -> torch.Tensor:
-    """Forward values only (no autograd): ``round(clamp(t, n, p)) * s' * σ + o`` in float32."""
-    out = _standardized_codes(x, step, sigma, offset).clamp_(n, p).round_().mul_(step)
-    if sigma is not None:
-        out.mul_(sigma)
-    if offset is not None:
-        out.add_(offset)
-    return out
+    """Forward values only (no autograd): ``round(clamp((x - o) / c, n, p)) * c + o``, ``c = s' σ``, float32."""
+    scale = _folded_scale(step, sigma)
+    codes = _codes(x, scale, offset).clamp_(n, p).round_()
+    if offset is None:
+        return codes.mul_(scale)
+    return torch.addcmul(offset, codes, scale, out=codes)
+
+
+def _just_outside(bound: int, direction: float) -> float:
+    """The float32 next to ``bound`` towards ``direction``: ``t > just_outside(n, -inf)`` is ``t >= n``."""
+    return float(torch.nextafter(torch.tensor(float(bound)), torch.tensor(direction)))
 
 
 def _is_per_channel(shape: torch.Size) -> bool:
@@ -113,7 +119,7 @@ def _sum_to(values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 class LsqFakeQuantize(torch.autograd.Function):
-    """``out = round(clamp(((x - o) / σ) / s', n, p)) * s' * σ + o`` with LSQ's gradients.
+    """``out = round(clamp((x - o) / c, n, p)) * c + o``, ``c = s' σ``, with LSQ's gradients.
 
     ``step`` is ``s'`` (the gradient scale ``g`` is applied by the caller); ``sigma`` and
     ``offset`` may be ``None``. Parameters are scalars or one per leading channel of ``x``.
@@ -123,7 +129,6 @@ class LsqFakeQuantize(torch.autograd.Function):
     def forward(ctx, x, step, sigma, offset, n: int, p: int):
         ctx.n, ctx.p = n, p
         ctx.x_dtype = x.dtype
-        ctx.has_sigma, ctx.has_offset = sigma is not None, offset is not None
         ctx.save_for_backward(x, step, sigma, offset)
         return fake_quantize_values(x, step, n, p, sigma, offset)
 
@@ -134,27 +139,27 @@ class LsqFakeQuantize(torch.autograd.Function):
         grad = grad_out.float()
         if not grad.is_contiguous():
             grad = grad.contiguous()
-        codes = _standardized_codes(x, step, sigma, offset)
-        clamped = codes.clamp(n, p)
+        codes = _codes(x, _folded_scale(step, sigma), offset)
 
-        # m * grad: where(inside-or-bound) + where(strictly inside), halved -> 1, 1/2, 0.
-        grad_x = torch.where(codes == clamped, grad, 0.0)
-        grad_x.add_(torch.ops.aten.hardtanh_backward(grad, codes, n, p)).mul_(0.5)
-        del codes
+        # 2 m g = g [n < t < p] + g [n <= t <= p]: 2g inside, g on a bound, 0 outside.
+        twice_masked = torch.ops.aten.hardtanh_backward(grad, codes, n, p)
+        inclusive = torch.ops.aten.hardtanh_backward(grad, codes, _just_outside(n, -math.inf), _just_outside(p, math.inf))
+        twice_masked.add_(inclusive)
+        del inclusive
 
         need_x, need_step, need_sigma, need_offset = ctx.needs_input_grad[:4]
         grad_step = grad_sigma = grad_offset = None
         if need_step or need_sigma or need_offset:
-            # (q - m t) g = m g (q - t) + (1 - m) g q: exact per element, since where
-            # m != 0, t equals its clamped value and q - t is computed exactly.
-            outside_grad = grad - grad_x
-            per_channel = any(
-                t is not None and _is_per_channel(t.shape) for t in (step, sigma, offset)
-            )
+            # g (q - m t) = m g (q - t) + (1 - m) g q: exact per element, since where m != 0
+            # t equals its clamped value and q - t is computed exactly.
+            outside_grad = torch.add(grad, twice_masked, alpha=-0.5)
+            per_channel = any(t is not None and _is_per_channel(t.shape) for t in (step, sigma, offset))
             if need_step or need_sigma:
+                clamped = codes.clamp_(n, p)
                 rounded = clamped.round()
                 residual = _sum_products(outside_grad, rounded, per_channel)
-                residual += _sum_products(grad_x, rounded.sub_(clamped), per_channel)
+                rounding_error = torch.sub(rounded, clamped, out=clamped)
+                residual += 0.5 * _sum_products(twice_masked, rounding_error, per_channel)
                 if need_step:
                     weighted = residual if sigma is None else residual * sigma.reshape(-1).squeeze()
                     grad_step = _sum_to(weighted, step.shape)
@@ -166,10 +171,7 @@ class LsqFakeQuantize(torch.autograd.Function):
                 else:
                     offset_sums = outside_grad.sum()
                 grad_offset = _sum_to(offset_sums, offset.shape)
-        if need_x:
-            grad_x = grad_x.to(ctx.x_dtype)
-        else:
-            grad_x = None
+        grad_x = twice_masked.mul_(0.5).to(ctx.x_dtype) if need_x else None
         return grad_x, grad_step, grad_sigma, grad_offset, None, None
 
 

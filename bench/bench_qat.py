@@ -1,0 +1,197 @@
+"""Cost of quantization-aware training against full precision, measured side by side.
+
+    python bench/bench_qat.py [--device cpu|cuda] [--steps N]
+
+Prints, for torchvision resnet18 (CPU: batch 8, 112x112; CUDA: batch 256, 224x224, fp32):
+training step time of RUPQ w4a4, LSQ+ w4a4 and the chain-of-ops reference formulation (the
+tests' oracle) relative to full precision, quantized eval relative to FP eval, the time to
+initialise every quantizer, and peak memory of QAT relative to FP (each in its own
+subprocess: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Timings are medians;
+the models take turns step by step so that background load hits them alike.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from bench._recipes import quantizer_reference, recipe_parser  # noqa: E402
+from rupq.quantizers import MinErrorInitializer, initialize_quantizers  # noqa: E402
+
+TARGETS = {"train": 1.25, "train_minimum": 1.6, "eval": 1.10, "memory": 1.30, "init_s": 3.0}
+
+
+def _shape(device: str) -> tuple[int, int]:
+    return (256, 224) if device == "cuda" else (8, 112)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _batch(device: str):
+    batch, size = _shape(device)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+    return images, labels
+
+
+def build(kind: str, device: str, images) -> torch.nn.Module:
+    """``fp``, ``rupq`` (w4a4_rupq), ``lsqplus`` (w4a4_lsqplus) or ``reference`` (RUPQ on the oracle)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().to(device)
+    if kind != "fp":
+        recipe = "w4a4_lsqplus" if kind == "lsqplus" else "w4a4_rupq"
+        recipe_parser("resnet18", recipe).parse(model)
+        initialize_quantizers(model, images)
+        if kind == "reference":
+            quantizer_reference().install_reference(model)
+    return model
+
+
+class _Trainer:
+    def __init__(self, model, images, labels):
+        self.model, self.images, self.labels = model, images, labels
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        self.model.eval()
+        self.model(self.images)
+
+
+def _timed(function, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    function()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(functions: dict, device: str, steps: int, warmup: int) -> dict:
+    times = {name: [] for name in functions}
+    for iteration in range(warmup + steps):
+        for name, function in functions.items():
+            elapsed = _timed(function, device)
+            if iteration >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def initialization_seconds(device: str, images) -> tuple[float, float]:
+    """(initialize_quantizers wall time, of which inside MinErrorInitializer) for RUPQ w4a4 resnet18."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().to(device)
+    recipe_parser("resnet18", "w4a4_rupq").parse(model)
+    spent = [0.0]
+    original = MinErrorInitializer.__call__
+
+    def timed(self, *args, **kwargs):
+        _sync(device)
+        start = time.perf_counter()
+        result = original(self, *args, **kwargs)
+        _sync(device)
+        spent[0] += time.perf_counter() - start
+        return result
+
+    MinErrorInitializer.__call__ = timed
+    try:
+        total = _timed(lambda: initialize_quantizers(model, images), device)
+    finally:
+        MinErrorInitializer.__call__ = original
+    return total, spent[0]
+
+
+def memory_child(kind: str, device: str, steps: int) -> None:
+    """Runs in a subprocess: a few training steps, then prints the peak memory in bytes."""
+    images, labels = _batch(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer = _Trainer(build(kind, device, images), images, labels)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        trainer.step()
+    _sync(device)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def peak_memory(kind: str, device: str) -> int:
+    command = [sys.executable, __file__, "--device", device, "--memory-child", kind]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def _verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per model (median)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--memory-child", choices=["fp", "rupq"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.device, steps=3)
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+
+    images, labels = _batch(args.device)
+    batch, size = _shape(args.device)
+    print(f"resnet18, batch {batch}, {size}x{size}, fp32, {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; medians of {args.steps} steps after {args.warmup} warm-up")
+
+    init_total, init_min_error = initialization_seconds(args.device, images)
+
+    trainers = {kind: _Trainer(build(kind, args.device, images), images, labels) for kind in ("fp", "rupq", "lsqplus", "reference")}
+    train = interleaved_medians({kind: trainer.step for kind, trainer in trainers.items()}, args.device, args.steps, args.warmup)
+    evaluation = interleaved_medians(
+        {kind: trainers[kind].evaluate for kind in ("fp", "rupq", "lsqplus")}, args.device, args.steps, args.warmup
+    )
+    memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
+
+    fp = train["fp"]
+    print(f"\ntraining step   FP {fp * 1e3:8.1f} ms")
+    for kind, label in (("rupq", "RUPQ w4a4"), ("lsqplus", "LSQ+ w4a4"), ("reference", "chain-of-ops reference (RUPQ w4a4)")):
+        ratio = train[kind] / fp
+        note = f"  target <= {TARGETS['train']} ({_verdict(ratio, TARGETS['train'])})" if kind != "reference" else ""
+        print(f"  {label:36s} {train[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}{note}")
+    print(f"\neval            FP {evaluation['fp'] * 1e3:8.1f} ms")
+    for kind, label in (("rupq", "RUPQ w4a4"), ("lsqplus", "LSQ+ w4a4")):
+        ratio = evaluation[kind] / evaluation["fp"]
+        print(f"  {label:36s} {evaluation[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}  target <= {TARGETS['eval']} ({_verdict(ratio, TARGETS['eval'])})")
+    print(f"\ninitialize_quantizers (RUPQ w4a4, all 42 quantizers): {init_total:.2f} s, "
+          f"of which MinErrorInitializer {init_min_error:.2f} s  target <= {TARGETS['init_s']} s ({_verdict(init_min_error, TARGETS['init_s'])})")
+    unit = "max RSS" if args.device == "cpu" else "max allocated"
+    ratio = memory["rupq"] / memory["fp"]
+    print(f"peak memory ({unit}): FP {memory['fp'] / 2**20:.0f} MiB, RUPQ w4a4 {memory['rupq'] / 2**20:.0f} MiB, "
+          f"ratio {ratio:.2f}  target <= {TARGETS['memory']} ({_verdict(ratio, TARGETS['memory'])})")
+
+
+if __name__ == "__main__":
+    main()
