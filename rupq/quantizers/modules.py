@@ -47,8 +47,8 @@ class QuantModule(nn.Module):
     """Base of the quantized layers: holds ``quantizer`` and, once attached, the original ``module``.
 
     In eval mode without autograd the quantized weight is computed once and reused until the
-    weight or any quantizer tensor changes (tracked by tensor versions), ``train()`` is called
-    or a state dict is loaded.
+    weight or any quantizer tensor changes (tracked by tensor versions), the layer enters
+    training mode or a state dict is loaded.
     """
 
     wrapped_type: type[nn.Module] = nn.Module
@@ -95,7 +95,10 @@ class QuantModule(nn.Module):
         return self._weight_cache[1]
 
     def train(self, mode: bool = True) -> "QuantModule":
-        self._weight_cache = None
+        # eval() is train(False): only entering training invalidates, so repeated eval() calls
+        # (one per validation) keep the cached weights.
+        if mode:
+            self._weight_cache = None
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):

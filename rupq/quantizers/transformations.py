@@ -45,11 +45,9 @@ class _StandardDeviation(torch.autograd.Function):
     def backward(ctx, grad_std):
         x, offset, mean, std = ctx.saved_tensors
         coefficient = grad_std / (std * (ctx.count - 1))
-        if offset is None:
-            grad_shifted = x.float() - mean
-        else:
-            grad_shifted = (x.float() - offset).sub_(mean)
-        grad_shifted.mul_(coefficient)
+        # coefficient * (x - o - mean) as one multiply-add pass.
+        centre = mean if offset is None else mean + offset
+        grad_shifted = torch.addcmul(-(coefficient * centre), x.float(), coefficient)
         grad_offset = None
         if offset is not None and ctx.needs_input_grad[1]:
             grad_offset = -grad_shifted.sum_to_size(offset.shape)

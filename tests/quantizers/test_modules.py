@@ -89,7 +89,10 @@ def test_eval_weight_cache_is_reused_and_invalidated():
         assert third is not second
         layer.load_state_dict(layer.state_dict())
         assert layer._weight_cache is None
-        assert layer.quantized_weight() is not third
+        fourth = layer.quantized_weight()
+        assert fourth is not third
+        layer.eval()  # already in eval: keeps the cache
+        assert layer.quantized_weight() is fourth
     layer.train()
     assert layer._weight_cache is None
     assert layer.quantized_weight().requires_grad

@@ -43,14 +43,14 @@ def _parser_from_example(model_name, recipe):
     return yaml.load(path.read_text(), Loader=_TagLoader)["model_parser"]
 
 
-def _rupq_parser(input_bit_width, weight_bit_width, half_wave, with_linear=True):
-    """ModelParser built in Python like the seed's w2a2_rupq.yaml."""
+def _rupq_parser(input_bit_width, weight_bit_width, half_wave, with_linear=True, n_iters=300):
+    """ModelParser built in Python like the seed's w2a2_rupq.yaml (fewer candidate steps if asked)."""
 
     def prototype(layer_type, weight_dims):
         return layer_type(
             ModuleQuantizer(
-                input_quantizer=StepOffsetQuantizer(MinErrorInitializer(), Standardization(momentum=0.9999, std_init=1.0)),
-                weight_quantizer=StepQuantizer(MinErrorInitializer(), Standardization(dim=weight_dims), per_channel=True),
+                input_quantizer=StepOffsetQuantizer(MinErrorInitializer(n_iters=n_iters), Standardization(momentum=0.9999, std_init=1.0)),
+                weight_quantizer=StepQuantizer(MinErrorInitializer(n_iters=n_iters), Standardization(dim=weight_dims), per_channel=True),
             )
         )
 
@@ -112,7 +112,7 @@ def test_mobilenet_v2_examples(recipe):
 def test_mobilenet_v2_python_parser_runs():
     model = torchvision.models.mobilenet_v2(num_classes=10)
     half_wave = {"default": True, "exceptions": {name: False for name in _mobilenet_signed_inputs()}}
-    _rupq_parser({"default": 2, "exceptions": {"features.0.0": 8}}, {"default": 2}, half_wave).parse(model)
+    _rupq_parser({"default": 2, "exceptions": {"features.0.0": 8}}, {"default": 2}, half_wave, n_iters=20).parse(model)
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
