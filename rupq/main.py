@@ -9,6 +9,7 @@ with status 2 (``--debug`` shows the traceback).
 """
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -109,16 +110,21 @@ def main(argv=None) -> None:
 
     try:
         run(args)
+        return
     except RupqError as error:
         if args.debug:
             if error.worker_traceback:  # raised in a DataLoader worker: show where
                 print(error.worker_traceback, file=sys.stderr)
             raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        message, status = f"error: {error}", 2
     except TrainingInterrupted as interrupted:
-        print(str(interrupted), file=sys.stderr)
-        sys.exit(130)
+        message, status = str(interrupted), 130
+    # Exit outside the except blocks: the exception's frames, and the DataLoader iterators they
+    # hold, are released first, so worker processes are shut down in order instead of being
+    # killed at interpreter exit (which PyTorch reports with a traceback).
+    gc.collect()
+    print(message, file=sys.stderr)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@ config stores its arguments only; folders are opened when a loader is first requ
 """
 
 import os
+import random
+import signal
+import sys
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, Dataset, Sampler
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from tqdm import tqdm
 
 from rupq.errors import DataError
 
@@ -49,6 +55,123 @@ def dataset_root(key: str, root=None, tag: str = "dataloader") -> Path:
 
 def default_num_workers(num_workers: int) -> int:
     return min(os.cpu_count() or 1, 8) if num_workers < 0 else num_workers
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """``worker_init_fn`` of every DataLoader: workers ignore Ctrl-C and die of SIGTERM.
+
+    Ctrl-C reaches every process of the terminal's process group. The main process answers it by
+    finishing the iteration and writing a resumable checkpoint; a worker that died of the same
+    signal would make the main process fail with "DataLoader worker exited unexpectedly" instead.
+    SIGTERM gets its default action back: a worker forked while the trainer listens for SIGTERM
+    inherits that handler, and would then survive the SIGTERM with which PyTorch and
+    multiprocessing end workers, leaving the main process waiting for it at exit.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def load_rgb_image(path) -> Image.Image:
+    """An image file as an RGB PIL image; an unreadable or corrupt file raises :class:`DataError` naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:  # PIL reports corrupt files as OSError, SyntaxError, ValueError, struct.error …
+        reason = str(error).replace(str(path), "").strip(" '\":") or type(error).__name__
+        raise DataError(f"cannot read image {path}: {reason}") from None
+
+
+class CorruptFileGuard(Dataset):
+    """``dataset`` whose unreadable samples either stop the run or, with ``skip``, are skipped.
+
+    ``dataset[i]`` must raise :class:`DataError` naming the file when a sample cannot be read
+    (:func:`load_rgb_image` does). Without ``skip`` the error says how to skip such files. With
+    ``skip`` the next readable sample (``i + 1``, ``i + 2`` …) takes its place, so batches keep
+    their size and the data order stays deterministic, and a warning names the file and counts
+    the files skipped so far. Known corrupt indices are kept in shared memory, so DataLoader
+    workers and later epochs skip them without reading them again and the count covers all.
+    Other attributes (``classes`` …) are those of ``dataset``.
+    """
+
+    def __init__(self, dataset: Dataset, skip: bool, owner: str):
+        self.dataset, self.skip, self.owner = dataset, bool(skip), owner
+        self.corrupt = torch.zeros(len(dataset), dtype=torch.bool).share_memory_() if self.skip else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (unpickling): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    @property
+    def skipped(self) -> int:
+        """How many files were found unreadable so far (in any process)."""
+        return int(self.corrupt.sum()) if self.corrupt is not None else 0
+
+    def __getitem__(self, item):
+        index, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, None)
+        size = len(self.dataset)
+        for offset in range(size):
+            candidate = (index + offset) % size
+            if self.corrupt is not None and self.corrupt[candidate]:
+                continue
+            try:
+                return self.dataset[candidate if rest is None else (candidate, *rest)]
+            except DataError as error:
+                if not self.skip:
+                    raise DataError(f"{error}; give !{self.owner} skip_corrupt: true to skip unreadable files") from None
+                self.corrupt[candidate] = True
+                tqdm.write(f"warning: skipping {error} ({self.skipped} unreadable file(s) skipped so far)",
+                           file=sys.stderr)
+        raise DataError(f"!{self.owner}: none of the {size} samples can be read")
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` drawn with the random generators seeded from ``(seed, i)``.
+
+    Augmentations draw from the global generators (torch, ``random``, numpy). Inside DataLoader
+    workers those streams depend on which worker gets a batch and on how much it drew before,
+    and both change when a run resumes in the middle of an epoch (the loader then numbers the
+    remaining batches from 0) or when ``num_workers`` changes. Seeding each sample from the
+    epoch's seed and its index makes its augmentation depend on nothing else: a resumed run
+    sees exactly the samples the interrupted one would have seen, with any number of workers.
+    In the main process (``num_workers: 0``) the global generators are restored afterwards,
+    so the model's own randomness (dropout …) is not disturbed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def _seed(self, index: int) -> None:
+        sequence = np.random.SeedSequence([self.seed % 2**64, int(index) % 2**64])
+        value = int(sequence.generate_state(1, np.uint64)[0])
+        torch.manual_seed(value)
+        random.seed(value)
+        np.random.seed(value % 2**32)
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, tuple) else item
+        if get_worker_info() is not None:
+            self._seed(index)
+            return self.dataset[item]
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                self._seed(index)
+                return self.dataset[item]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
 
 class EpochSampler(Sampler[int]):
@@ -134,15 +257,17 @@ class DataModule:
             # Worker seeds come from this generator, not from the global RNG.
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=False,
+            worker_init_fn=ignore_interrupts,
         )
 
     def train_dataloader(self, epoch: int = 0, start_batch: int = 0, seed: int = 0) -> DataLoader:
         sampler = EpochSampler(
             len(self.train_dataset), seed, epoch, True, start_batch * self.local_batch_size, self.rank, self.world_size
         )
-        # Worker seeds differ per rank (independent augmentations on every process); rank 0 keeps
+        # Seeds differ per rank (independent augmentations on every process); rank 0 keeps
         # the single-process seeds.
-        return self._loader(self.train_dataset, sampler, (seed * 1_000_003 + epoch) ^ (self.rank << 40))
+        epoch_seed = (seed * 1_000_003 + epoch) ^ (self.rank << 40)
+        return self._loader(SeededSamples(self.train_dataset, epoch_seed), sampler, epoch_seed)
 
     def calibration_batch(self, seed: int = 0):
         """The first training batch of epoch 0 at the global batch size, the same on every process."""
