@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from tqdm import tqdm
 
-from rupq.dataloaders.base import DataModule
+from rupq.dataloaders.base import DataModule, load_rgb_image
 from rupq.dataloaders.transforms.detection import DetectionAugmentation, letterbox
 from rupq.errors import DataError
 
@@ -136,11 +135,7 @@ class COCODetection(Dataset):
     def __getitem__(self, item):
         index, size = item if isinstance(item, tuple) else (item, self.image_size)
         path = self.paths[index]
-        try:
-            with Image.open(path) as handle:
-                image = tv_tensors.Image(F.pil_to_tensor(handle.convert("RGB")))
-        except OSError as error:
-            raise DataError(f"cannot read image {path}: {error}") from None
+        image = tv_tensors.Image(F.pil_to_tensor(load_rgb_image(path)))
         height, width = image.shape[-2:]
         labels = torch.from_numpy(self.labels[index])
         cxcywh = labels[:, 1:] * torch.tensor([width, height, width, height], dtype=torch.float32)
