@@ -2,6 +2,7 @@
 
 import json
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -190,6 +191,14 @@ class Task:
         if self.training_loop.print_calibration and context.is_main:
             print(calibration_report(model), flush=True)
 
+    @staticmethod
+    def _carry_over_best_model(context: RunContext) -> None:
+        """A resumed run writes a new version_N; start it with the interrupted run's best model,
+        which stays its ``model.ckpt`` unless the resumed epochs improve on it."""
+        previous = Path(context.checkpoint_path).resolve().parent.parent / "model.ckpt"
+        if context.version_dir is not None and previous.is_file():
+            shutil.copyfile(previous, context.version_dir / "model.ckpt")
+
     # ---- run --------------------------------------------------------------------------------
     def run(self, context: RunContext) -> dict:
         seed_everything(self.seed)
@@ -230,6 +239,7 @@ class Task:
                 )
             if context.is_main:
                 print(f"resuming at epoch {trainer.epoch + 1}, iteration {trainer.start_batch + 1}", flush=True)
+                self._carry_over_best_model(context)
         if context.world_size > 1:
             # One seed so far on every process (identical models and calibration); from here on
             # each process draws its own augmentations and dropout masks.
