@@ -128,17 +128,27 @@ class CorruptFileGuard(Dataset):
         raise DataError(f"!{self.owner}: none of the {size} samples can be read")
 
 
-class SeededSamples(Dataset):
-    """``dataset[i]`` drawn with the random generators seeded from ``(seed, i)``.
+MASK64 = 2**64 - 1
 
-    Augmentations draw from the global generators (torch, ``random``, numpy). Inside DataLoader
-    workers those streams depend on which worker gets a batch and on how much it drew before,
-    and both change when a run resumes in the middle of an epoch (the loader then numbers the
-    remaining batches from 0) or when ``num_workers`` changes. Seeding each sample from the
-    epoch's seed and its index makes its augmentation depend on nothing else: a resumed run
-    sees exactly the samples the interrupted one would have seen, with any number of workers.
-    In the main process (``num_workers: 0``) the global generators are restored afterwards,
-    so the model's own randomness (dropout …) is not disturbed.
+
+def sample_seed(seed: int, index: int) -> int:
+    """A 64-bit seed for sample ``index`` of an epoch seeded ``seed`` (SplitMix64's finaliser)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` whose random augmentation, in a DataLoader worker, is seeded from ``(seed, i)``.
+
+    Augmentations draw from the global generators (torch, ``random``, numpy). Inside workers those
+    streams depend on which worker gets a batch and on how much it drew before, and both change
+    when a run resumes in the middle of an epoch (the loader then numbers the remaining batches
+    from 0) or when ``num_workers`` changes. Seeding the generators before each sample makes its
+    augmentation depend on the epoch's seed and its index only, so a resumed run sees exactly the
+    samples the interrupted one would have seen. With ``num_workers: 0`` the samples draw from
+    the main process's generators, which are saved in every checkpoint, and nothing is reseeded.
     """
 
     def __init__(self, dataset: Dataset, seed: int):
@@ -152,26 +162,13 @@ class SeededSamples(Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def _seed(self, index: int) -> None:
-        sequence = np.random.SeedSequence([self.seed % 2**64, int(index) % 2**64])
-        value = int(sequence.generate_state(1, np.uint64)[0])
-        torch.manual_seed(value)
-        random.seed(value)
-        np.random.seed(value % 2**32)
-
     def __getitem__(self, item):
-        index = item[0] if isinstance(item, tuple) else item
         if get_worker_info() is not None:
-            self._seed(index)
-            return self.dataset[item]
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            try:
-                self._seed(index)
-                return self.dataset[item]
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+            value = sample_seed(self.seed, item[0] if isinstance(item, tuple) else item)
+            torch.default_generator.manual_seed(value)
+            random.seed(value)
+            np.random.seed(value & 0xFFFF_FFFF)
+        return self.dataset[item]
 
 
 class EpochSampler(Sampler[int]):

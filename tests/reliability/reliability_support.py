@@ -3,9 +3,12 @@
 import contextlib
 import io
 import subprocess
-import sys
 
-from conftest import REPO
+import torch
+
+# Tiny models on a shared 2-core machine: one intra-op thread per process. Two threads per
+# process next to DataLoader workers and other jobs make each step up to 100× slower.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def run_main(*args) -> subprocess.CompletedProcess:
@@ -15,12 +18,15 @@ def run_main(*args) -> subprocess.CompletedProcess:
     from rupq.main import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
+    code, threads = 0, torch.get_num_threads()
+    torch.set_num_threads(1)  # as ONE_THREAD does for subprocesses
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             main([str(arg) for arg in args])
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["rupq", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
@@ -42,7 +48,3 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
     return errors[0]
-
-
-def python() -> list[str]:
-    return [sys.executable, str(REPO / "rupq" / "main.py")]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import fashion_config, run_cli, write_config
 from detection_data import write_tiny_coco
-from reliability_support import one_error_line, run_main
+from reliability_support import ONE_THREAD, one_error_line, run_main
 
 IMAGENET_CONFIG = """dataset: &dataset !ImageNet2012Dataloader
   batch_size: 4
@@ -103,7 +103,7 @@ def test_unreadable_image_in_a_dataloader_worker_is_one_line(tmp_path, tiny_imag
     """The error crosses the worker process boundary, which wraps it in the worker's traceback."""
     bad = corrupt(tiny_imagenet / "val" / "n01440764" / "n01440764_1.JPEG", "garbage")
     config = imagenet_config(tmp_path / "imagenet.yaml", tiny_imagenet, workers=2)
-    result = run_cli("--config", config, "--logdir", tmp_path / "logs")
+    result = run_cli("--config", config, "--logdir", tmp_path / "logs", env=ONE_THREAD)
     line = one_error_line(result)
     assert line == (f"error: cannot read image {bad}: cannot identify image file; "
                     "give !ImageNet2012Dataloader skip_corrupt: true to skip unreadable files")
@@ -115,7 +115,7 @@ def test_skip_corrupt_warns_once_per_file_with_a_count(tmp_path, tiny_imagenet):
            corrupt(tiny_imagenet / "train" / "n01443537" / "n01443537_0.JPEG", "truncated"),
            corrupt(tiny_imagenet / "val" / "n01443537" / "n01443537_1.JPEG", "garbage")]
     config = imagenet_config(tmp_path / "imagenet.yaml", tiny_imagenet, workers=2, epochs=2, skip_corrupt=True)
-    result = run_cli("--config", config, "--logdir", tmp_path / "logs")
+    result = run_cli("--config", config, "--logdir", tmp_path / "logs", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipping")]
     # Each file is reported once (the second epoch and validation skip known corrupt files silently).
