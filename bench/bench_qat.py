@@ -134,8 +134,23 @@ def memory_child(kind: str, device: str, steps: int) -> None:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _peak_rss_bytes()
     print(json.dumps({"peak_bytes": peak}))
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set size.
+
+    ``ru_maxrss`` survives ``execve``, so a child started from this (large) benchmark process
+    would report the parent's peak; Linux's ``VmHWM`` belongs to the new image only.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peak_memory(kind: str, device: str) -> int:
