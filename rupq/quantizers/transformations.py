@@ -11,6 +11,9 @@ magnitude in every layer and channel, so Adam's update size (≈ learning rate) 
   in eval mode the stored ``ema`` (or the detached batch std when ``m == 0``).
 
 Gradient flows through ``σ`` (into ``x``) unless ``trainable`` is false.
+
+A constant tensor (a dead channel, an input collapsed to one value) has ``σ = 0``; σ is used as
+``max(σ, SIGMA_EPSILON)``, which leaves every real tensor's σ, and its gradient, unchanged.
 """
 
 import math
@@ -19,6 +22,9 @@ import torch
 from torch import nn
 
 from rupq.errors import ConfigError
+
+#: Smallest σ divided by (see the module docstring).
+SIGMA_EPSILON = 1e-8
 
 
 class _StandardDeviation(torch.autograd.Function):
@@ -44,7 +50,7 @@ class _StandardDeviation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_std):
         x, offset, mean, std = ctx.saved_tensors
-        coefficient = grad_std / (std * (ctx.count - 1))
+        coefficient = grad_std / (std.clamp_min(SIGMA_EPSILON) * (ctx.count - 1))
         # coefficient * (x - o - mean) as one multiply-add pass.
         centre = mean if offset is None else mean + offset
         grad_shifted = torch.addcmul(-(coefficient * centre), x.float(), coefficient)
@@ -84,13 +90,13 @@ def global_standard_deviation(x: torch.Tensor, process_group, offset: torch.Tens
     moments = torch.stack([shifted.sum(dtype=torch.float64), shifted.square().sum(dtype=torch.float64), count])
     total, squares, count = _AllReduceSum.apply(moments, process_group).unbind()
     variance = (squares - total * total / count) / (count - 1)
-    return variance.clamp_min(0.0).sqrt().float()
+    return variance.clamp_min(SIGMA_EPSILON**2).sqrt().float()
 
 
 def standard_deviation(x: torch.Tensor, dims: list[int] | None, offset: torch.Tensor | None = None) -> torch.Tensor:
     """Unbiased std of ``x - offset`` over ``dims`` (all dims when ``None``), kept dims of size 1."""
     all_dims = list(range(x.dim())) if dims is None else list(dims)
-    std = _StandardDeviation.apply(x, offset, all_dims)
+    std = _StandardDeviation.apply(x, offset, all_dims).clamp_min(SIGMA_EPSILON)
     return std.reshape([]) if dims is None else std
 
 

@@ -49,10 +49,7 @@ def all_finite(tensors) -> bool:
 
 
 # Found by this test: with every step at 0, layers whose input collapses to one constant value
-# get σ = 0, and the backward of the standard deviation (rupq/quantizers/transformations.py,
-# ``_StandardDeviation.backward``: ``grad_std / (std * (N - 1))``) then gives 0 · inf = NaN
-# offset gradients. Strict: once the quantizers guard σ = 0 this passes and the mark must go.
-SIGMA_ZERO = pytest.mark.xfail(strict=True, reason="std backward at σ = 0 is NaN (quantizers' guard pending)")
+# get σ = 0; the quantizers now divide by max(σ, SIGMA_EPSILON) (rupq/quantizers/transformations.py).
 
 
 @pytest.fixture
@@ -64,7 +61,7 @@ def one_thread():
 
 
 @pytest.mark.parametrize("recipe, step", [
-    pytest.param("w4a4_rupq", 0.0, marks=SIGMA_ZERO),
+    ("w4a4_rupq", 0.0),
     ("w4a4_rupq", -0.25),
     ("w4a4_lsqplus", 0.0),
     ("w4a4_lsqplus", -0.25),
