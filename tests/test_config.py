@@ -1,4 +1,5 @@
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +92,22 @@ def test_seed_float_configs_load(tmp_path):
         config = load_config(Path(__file__).parent.parent / "rupq/examples/float/classification" / name / "fp.yaml")
         assert isinstance(config["task"], Task)
         assert config["task"].model_arch == name
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "rupq" / "examples").rglob("*.yaml"))
+SEED_EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "seed" / "examples"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p).split("examples/")[1])
+def test_every_example_config_loads(path):
+    assert isinstance(load_config(path)["task"], Task)
+
+
+@pytest.mark.skipif(not SEED_EXAMPLES.is_dir(), reason="the seed configs (shared/seed) are not beside this clone")
+def test_seed_configs_are_shipped_unchanged_and_load():
+    seed_files = sorted(SEED_EXAMPLES.rglob("*.yaml"))
+    assert len(seed_files) == 34
+    for seed_file in seed_files:
+        shipped = Path(__file__).parent.parent / "rupq" / "examples" / seed_file.relative_to(SEED_EXAMPLES)
+        assert shipped.read_text() == seed_file.read_text(), shipped
+        assert isinstance(load_config(seed_file)["task"], Task)
