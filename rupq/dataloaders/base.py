@@ -78,7 +78,7 @@ def load_rgb_image(path) -> Image.Image:
             return image.convert("RGB")
     except Exception as error:  # PIL reports corrupt files as OSError, SyntaxError, ValueError, struct.error …
         reason = str(error).replace(str(path), "").strip(" '\":") or type(error).__name__
-        raise DataError(f"cannot read image {path}: {reason}") from None
+        raise DataError(f"cannot read image {path}: {reason}") from error  # the cause, for --debug
 
 
 class CorruptFileGuard(Dataset):
@@ -121,7 +121,7 @@ class CorruptFileGuard(Dataset):
                 return self.dataset[candidate if rest is None else (candidate, *rest)]
             except DataError as error:
                 if not self.skip:
-                    raise DataError(f"{error}; give !{self.owner} skip_corrupt: true to skip unreadable files") from None
+                    raise DataError(f"{error}; give !{self.owner} skip_corrupt: true to skip unreadable files") from error
                 self.corrupt[candidate] = True
                 tqdm.write(f"warning: skipping {error} ({self.skipped} unreadable file(s) skipped so far)",
                            file=sys.stderr)

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import fashion_config, run_cli, write_config
 from detection_data import write_tiny_coco
 from reliability_support import ONE_THREAD, one_error_line, run_main
+from rupq.errors import DataError
 
 IMAGENET_CONFIG = """dataset: &dataset !ImageNet2012Dataloader
   batch_size: 4
@@ -108,6 +109,16 @@ def test_unreadable_image_in_a_dataloader_worker_is_one_line(tmp_path, tiny_imag
     assert line == (f"error: cannot read image {bad}: cannot identify image file; "
                     "give !ImageNet2012Dataloader skip_corrupt: true to skip unreadable files")
     assert "Caught DataError" not in result.stderr and "worker" not in result.stderr
+
+
+def test_debug_shows_the_worker_traceback(tmp_path, tiny_imagenet):
+    bad = corrupt(tiny_imagenet / "train" / "n01440764" / "n01440764_0.JPEG", "garbage")
+    config = imagenet_config(tmp_path / "imagenet.yaml", tiny_imagenet, workers=1)
+    with pytest.raises(DataError) as error:
+        run_main("--config", config, "--logdir", tmp_path / "logs", "--debug")
+    assert str(error.value).startswith(f"cannot read image {bad}: cannot identify image file")
+    assert error.value.worker_traceback.startswith("Caught DataError in DataLoader worker process 0.")
+    assert "in load_rgb_image" in error.value.worker_traceback  # where it happened, for --debug
 
 
 def test_skip_corrupt_warns_once_per_file_with_a_count(tmp_path, tiny_imagenet):
