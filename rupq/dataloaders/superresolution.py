@@ -50,14 +50,15 @@ class ImageCache:
     """Decoded copies of the images under ``dataset_root``, one ``.npy`` file per image."""
 
     def __init__(self, dataset_root: Path, dataset_name: str, cache_dir: str | Path | None = None):
-        self.dataset_root = Path(dataset_root).resolve()
+        self.dataset_root = Path(dataset_root)
         if cache_dir is None:
-            digest = hashlib.sha1(str(self.dataset_root).encode()).hexdigest()[:16]
+            digest = hashlib.sha1(str(self.dataset_root.resolve()).encode()).hexdigest()[:16]
             cache_dir = default_cache_root() / dataset_name / digest
         self.folder = Path(os.path.expanduser(str(cache_dir)))
 
     def path_for(self, image: Path) -> Path:
-        return self.folder / Path(image).resolve().relative_to(self.dataset_root).with_suffix(".npy")
+        # Relative to the folder as given, not resolved: its subfolders may be links to elsewhere.
+        return self.folder / Path(image).relative_to(self.dataset_root).with_suffix(".npy")
 
     def is_fresh(self, image: Path) -> bool:
         cached = self.path_for(image)

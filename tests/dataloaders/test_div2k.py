@@ -143,6 +143,17 @@ def test_cache_dir_argument(tmp_path, cache_root):
     assert not cache_root.exists()
 
 
+def test_linked_folders(tmp_path, cache_root):
+    """Image folders that are links to another disk are cached under the dataset's own names."""
+    write_div2k(tmp_path / "elsewhere", train_ids=(1,), val_ids=())
+    (tmp_path / "div2k").mkdir()
+    for name in ("DIV2K_train_HR", "DIV2K_train_LR_bicubic"):
+        (tmp_path / "div2k" / name).symlink_to(tmp_path / "elsewhere" / name)
+    DIV2KDataloader(batch_size=1, patch_size=4, scale=2, num_workers=0, root=str(tmp_path / "div2k")).train_dataset
+    assert sorted(p.name for p in cache_root.rglob("*.npy")) == ["0001.npy", "0001x2.npy"]
+    assert len(list(cache_root.rglob("DIV2K_train_HR/0001.npy"))) == 1
+
+
 def test_building_touches_no_data(tmp_path):
     DIV2KDataloader(batch_size=2, patch_size=96, scale=2, root=str(tmp_path / "nowhere"))
 
