@@ -458,8 +458,8 @@ def plot_classification(rows: list[dict], path: Path) -> None:
     axes.set_xticks(CLASSIFICATION_BITS, [f"w{b}a{b}" for b in CLASSIFICATION_BITS])
     axes.set_xlabel("bit width (weights and activations)")
     axes.set_ylabel("Fashion-MNIST test top-1 (%)")
-    bars = "mean ± std over" if len(seeds) > 1 else "seed"
-    axes.set_title(f"small_resnet, {bars} seeds {', '.join(map(str, seeds))}", fontsize=10)
+    bars = "mean ± std over seeds" if len(seeds) > 1 else "seed"
+    axes.set_title(f"small_resnet, {bars} {', '.join(map(str, seeds))}", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
