@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from rupq.errors import ConfigError
+from rupq.quantizers import cpu_kernels
 
 #: Smallest σ divided by (see the module docstring).
 SIGMA_EPSILON = 1e-8
@@ -39,10 +40,19 @@ class _StandardDeviation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, offset, dims):
-        shifted = x.float() if offset is None else x.float() - offset
-        mean = shifted.mean(dims, keepdim=True)
-        count = shifted.numel() // mean.numel()
-        std = torch.linalg.vector_norm(shifted - mean, dim=dims, keepdim=True).div_(math.sqrt(count - 1))
+        rows = _kernel_rows(x, offset, dims)
+        kernels = None if rows is None else cpu_kernels.for_tensors(x, offset)
+        if kernels is not None:
+            # One pass: float64 sums of (x - o) and its square per row.
+            mean, std = kernels.std_forward(x, cpu_kernels.flat(offset), rows)
+            kept = [x.shape[d] if d not in dims else 1 for d in range(x.dim())]
+            mean, std = mean.reshape(kept), std.reshape(kept)
+            count = x.numel() // max(rows, 1)
+        else:
+            shifted = x.float() if offset is None else x.float() - offset
+            mean = shifted.mean(dims, keepdim=True)
+            count = shifted.numel() // mean.numel()
+            std = torch.linalg.vector_norm(shifted - mean, dim=dims, keepdim=True).div_(math.sqrt(count - 1))
         ctx.dims, ctx.count, ctx.x_dtype = dims, count, x.dtype
         ctx.save_for_backward(x, offset, mean, std)
         return std
@@ -51,13 +61,34 @@ class _StandardDeviation(torch.autograd.Function):
     def backward(ctx, grad_std):
         x, offset, mean, std = ctx.saved_tensors
         coefficient = grad_std / (std.clamp_min(SIGMA_EPSILON) * (ctx.count - 1))
+        need_offset = offset is not None and ctx.needs_input_grad[1]
+        kernels = cpu_kernels.for_tensors(x, offset) if _kernel_rows(x, offset, ctx.dims) is not None else None
+        if kernels is not None:
+            grad_x, sums = kernels.std_backward(x, cpu_kernels.flat(offset), cpu_kernels.flat(mean), cpu_kernels.flat(coefficient))
+            grad_offset = -sums.reshape(mean.shape).sum_to_size(offset.shape) if need_offset else None
+            return grad_x, grad_offset, None
         # coefficient * (x - o - mean) as one multiply-add pass.
         centre = mean if offset is None else mean + offset
         grad_shifted = torch.addcmul(-(coefficient * centre), x.float(), coefficient)
         grad_offset = None
-        if offset is not None and ctx.needs_input_grad[1]:
+        if need_offset:
             grad_offset = -grad_shifted.sum_to_size(offset.shape)
         return grad_shifted.to(ctx.x_dtype), grad_offset, None
+
+
+def _kernel_rows(x: torch.Tensor, offset: torch.Tensor | None, dims: list[int]) -> int | None:
+    """Rows of the C++ std kernels for reducing ``dims`` (1 for all dims, ``C`` for all but the
+    leading one), or ``None`` when the reduction is another one."""
+    reduced = sorted(d % x.dim() for d in dims) if x.dim() else []
+    if reduced == list(range(x.dim())):
+        rows = 1
+    elif x.dim() > 1 and reduced == list(range(1, x.dim())):
+        rows = x.shape[0]
+    else:
+        return None
+    if offset is not None and offset.numel() not in (1, rows):
+        return None
+    return rows
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -143,7 +174,12 @@ class Standardization(nn.Module):
     def sigma_shape(self, tensor_shape: list[int]) -> list[int]:
         if self.dim is None:
             return []
-        dims = {d % len(tensor_shape) for d in self.dim}
+        rank = len(tensor_shape)
+        if any(not -rank <= d < rank for d in self.dim):
+            raise ConfigError(
+                f"Standardization: dim {self.dim} does not fit a tensor of {rank} dims (shape {list(tensor_shape)})"
+            )
+        dims = {d % rank for d in self.dim}
         return [1 if i in dims else size for i, size in enumerate(tensor_shape)]
 
     def sigma(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:

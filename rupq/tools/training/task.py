@@ -20,7 +20,7 @@ from rupq.tools.training.loops import TrainingLoop, move_to
 from rupq.tools.training.optimizers import build_optimizers
 from rupq.tools.training.parallel import process_seed
 from rupq.tools.training.trainer import Trainer
-from rupq.tools.utils.checkpoint import MODEL_FORMAT, TRAINING_FORMAT, load_checkpoint
+from rupq.tools.utils.checkpoint import MODEL_FORMAT, TRAINING_FORMAT, load_checkpoint, save_atomic
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -246,6 +246,6 @@ class Task:
             seed_everything(process_seed(self.seed, context.rank, trainer.global_step))
         logged = trainer.fit()
         if context.is_main and context.version_dir is not None:
-            results = {key: value for key, value in logged.items()}
-            (context.version_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            results = json.dumps(logged, indent=2, sort_keys=True) + "\n"
+            save_atomic(results.encode(), context.version_dir / "results.json")
         return logged

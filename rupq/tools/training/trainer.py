@@ -231,13 +231,15 @@ class Trainer:
             batch = move_to(batch, self.device)
             output = loop.training_step(self.train_model, batch)
             loss_value = output.loss.item()
-            if not math.isfinite(loss_value):
+            # Decided together: a process stopping alone would leave the others waiting for it.
+            if any_process(not math.isfinite(loss_value), self.device):
                 # Stop before the step: the checkpoints on disk (written at epoch ends) stay the last good ones.
                 checkpoint = self.checkpoint_path
                 kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.is_file()
                         else "no checkpoint had been written yet")
+                value = loss_value if not math.isfinite(loss_value) else "non-finite on another process"
                 raise NonFiniteLoss(
-                    f"loss is {loss_value} at epoch {self.epoch + 1}, iteration {batch_index + 1}: stopping; {kept}"
+                    f"loss is {value} at epoch {self.epoch + 1}, iteration {batch_index + 1}: stopping; {kept}"
                 )
             for optimizer, _ in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)

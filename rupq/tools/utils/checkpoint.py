@@ -20,16 +20,22 @@ TRAINING_FORMAT = "rupq-training-v1"
 
 
 def save_atomic(obj, path) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
+    """Write ``obj`` (``torch.save``; raw ``bytes`` as they are) to a temporary file beside
+    ``path``, flush it to disk, then rename it over ``path``.
 
     A crash at any moment leaves either the previous file or the new one, never a torn one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
+            if isinstance(obj, bytes):
+                stream.write(obj)
+            else:
+                torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)

@@ -37,3 +37,11 @@ def test_wrong_format_and_garbage(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}"):
         load_checkpoint(path)
+
+
+def test_temporaries_of_a_killed_writer_are_cleaned_up_and_bytes_are_written_as_is(tmp_path):
+    path = tmp_path / "results.json"
+    (tmp_path / ".results.json.abc123.tmp").write_bytes(b"half a file")
+    save_atomic(b'{"a": 1}\n', path)
+    assert path.read_bytes() == b'{"a": 1}\n'
+    assert os.listdir(tmp_path) == ["results.json"]
