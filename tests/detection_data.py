@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 CLASS_COLOURS = [(255, 40, 40), (40, 255, 40), (40, 40, 255)]
@@ -55,3 +57,13 @@ def write_tiny_coco(root: Path, train: int = 8, val: int = 4, seed: int = 0, siz
         (root / list_name).write_text("\n".join(entries) + "\n")
     (root / "coco.names").write_text("red\ngreen\nblue\n")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: these small models run faster so, above all on a machine shared with
+    other jobs, where two spinning OpenMP threads per process slow everything down many times."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

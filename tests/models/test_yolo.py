@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from detection_data import one_thread  # noqa: F401 (fixture)
 
 from rupq.errors import CheckpointError, ConfigError
 from rupq.models import create_model
 from rupq.models.yolo import Darknet, YOLOLayer, load_darknet_weights, save_darknet_weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from detection_data import one_thread  # noqa: F401 (fixture)
 
 from rupq.models import create_model
 from rupq.tools.losses import YOLOLoss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -5,13 +5,15 @@ import json
 import pytest
 import torch
 from conftest import write_config
-from detection_data import write_tiny_coco
+from detection_data import one_thread, write_tiny_coco  # noqa: F401 (fixture)
 
 from rupq import main
 from rupq.dataloaders.coco import COCODataloader
 from rupq.models import create_model
 from rupq.tools.losses import YOLOLoss
 from rupq.tools.training import ObjectDetectionTrainingLoop
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_batches_unpack_to_images_and_a_targets_dict(tmp_path):
