@@ -3,15 +3,18 @@
     python bench/bench_qat.py [--device cpu|cuda] [--steps N]
 
 Prints, for torchvision resnet18 (CPU: batch 8, 112x112; CUDA: batch 256, 224x224, fp32):
-training step time of RUPQ w4a4, LSQ+ w4a4 and the chain-of-ops reference formulation (the
-tests' oracle) relative to full precision, quantized eval relative to FP eval, the time to
+training step time of RUPQ w4a4, LSQ+ w4a4, RUPQ w4a4 on the torch-ops path
+(``RUPQ_NO_CPP_KERNELS=1``: what CUDA and builds without the C++ kernels run) and the
+chain-of-ops reference formulation (the tests' oracle) relative to full precision, quantized eval relative to FP eval, the time to
 initialise every quantizer, and peak memory of QAT relative to FP (each in its own
 subprocess: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Timings are medians;
 the models take turns step by step so that background load hits them alike.
 """
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -26,6 +29,7 @@ import torchvision  # noqa: E402
 
 from bench._recipes import quantizer_reference, recipe_parser  # noqa: E402
 from rupq.quantizers import MinErrorInitializer, initialize_quantizers  # noqa: E402
+from rupq.quantizers.cpu_kernels import DISABLE_VARIABLE, kernels  # noqa: E402
 
 TARGETS = {"train": 1.25, "train_minimum": 1.6, "eval": 1.10, "memory": 1.30, "init_s": 3.0}
 
@@ -47,8 +51,25 @@ def _batch(device: str):
     return images, labels
 
 
+@contextlib.contextmanager
+def torch_ops_path(enabled: bool):
+    """Within it, quantizers skip the C++ kernels (``RUPQ_NO_CPP_KERNELS=1``) when ``enabled``."""
+    previous = os.environ.get(DISABLE_VARIABLE)
+    if enabled:
+        os.environ[DISABLE_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        if enabled:
+            if previous is None:
+                del os.environ[DISABLE_VARIABLE]
+            else:
+                os.environ[DISABLE_VARIABLE] = previous
+
+
 def build(kind: str, device: str, images) -> torch.nn.Module:
-    """``fp``, ``rupq`` (w4a4_rupq), ``lsqplus`` (w4a4_lsqplus) or ``reference`` (RUPQ on the oracle)."""
+    """``fp``, ``rupq`` (w4a4_rupq), ``rupq_torch`` (w4a4_rupq on the torch-ops path), ``lsqplus``
+    (w4a4_lsqplus) or ``reference`` (RUPQ on the oracle)."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18().to(device)
     if kind != "fp":
@@ -61,11 +82,16 @@ def build(kind: str, device: str, images) -> torch.nn.Module:
 
 
 class _Trainer:
-    def __init__(self, model, images, labels):
+    def __init__(self, model, images, labels, torch_ops=False):
         self.model, self.images, self.labels = model, images, labels
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        self.torch_ops = torch_ops
 
     def step(self) -> None:
+        with torch_ops_path(self.torch_ops):
+            self._step()
+
+    def _step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
@@ -74,8 +100,9 @@ class _Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> None:
-        self.model.eval()
-        self.model(self.images)
+        with torch_ops_path(self.torch_ops):
+            self.model.eval()
+            self.model(self.images)
 
 
 def _timed(function, device: str) -> float:
@@ -181,25 +208,38 @@ def main() -> None:
     print(f"resnet18, batch {batch}, {size}x{size}, fp32, {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; medians of {args.steps} steps after {args.warmup} warm-up")
 
+    kernels_built = args.device == "cpu" and kernels() is not None  # builds them on first use
+    print(f"C++ CPU kernels: {'in use' if kernels_built else 'not in use'}")
     init_total, init_min_error = initialization_seconds(args.device, images)
 
-    trainers = {kind: _Trainer(build(kind, args.device, images), images, labels) for kind in ("fp", "rupq", "lsqplus", "reference")}
+    kinds = ("fp", "rupq", "rupq_torch", "lsqplus", "reference") if kernels_built else ("fp", "rupq", "lsqplus", "reference")
+    trainers = {
+        kind: _Trainer(build(kind, args.device, images), images, labels, torch_ops=kind == "rupq_torch") for kind in kinds
+    }
     train = interleaved_medians({kind: trainer.step for kind, trainer in trainers.items()}, args.device, args.steps, args.warmup)
-    evaluation = interleaved_medians(
-        {kind: trainers[kind].evaluate for kind in ("fp", "rupq", "lsqplus")}, args.device, args.steps, args.warmup
-    )
+    eval_kinds = [kind for kind in ("fp", "rupq", "rupq_torch", "lsqplus") if kind in trainers]
+    evaluation = interleaved_medians({kind: trainers[kind].evaluate for kind in eval_kinds}, args.device, args.steps, args.warmup)
     memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
 
     fp = train["fp"]
     print(f"\ntraining step   FP {fp * 1e3:8.1f} ms")
-    for kind, label in (("rupq", "RUPQ w4a4"), ("lsqplus", "LSQ+ w4a4"), ("reference", "chain-of-ops reference (RUPQ w4a4)")):
+    names = {
+        "rupq": "RUPQ w4a4",
+        "rupq_torch": "RUPQ w4a4, torch ops (no C++ kernels)",
+        "lsqplus": "LSQ+ w4a4",
+        "reference": "chain-of-ops reference (RUPQ w4a4)",
+    }
+    for kind, label in names.items():
+        if kind not in train:
+            continue
         ratio = train[kind] / fp
-        note = f"  target <= {TARGETS['train']} ({_verdict(ratio, TARGETS['train'])})" if kind != "reference" else ""
-        print(f"  {label:36s} {train[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}{note}")
+        note = f"  target <= {TARGETS['train']} ({_verdict(ratio, TARGETS['train'])})" if kind in ("rupq", "lsqplus") else ""
+        print(f"  {label:40s} {train[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}{note}")
     print(f"\neval            FP {evaluation['fp'] * 1e3:8.1f} ms")
-    for kind, label in (("rupq", "RUPQ w4a4"), ("lsqplus", "LSQ+ w4a4")):
+    for kind in eval_kinds[1:]:
         ratio = evaluation[kind] / evaluation["fp"]
-        print(f"  {label:36s} {evaluation[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}  target <= {TARGETS['eval']} ({_verdict(ratio, TARGETS['eval'])})")
+        note = f"  target <= {TARGETS['eval']} ({_verdict(ratio, TARGETS['eval'])})" if kind in ("rupq", "lsqplus") else ""
+        print(f"  {names[kind]:40s} {evaluation[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}{note}")
     print(f"\ninitialize_quantizers (RUPQ w4a4, all 42 quantizers): {init_total:.2f} s, "
           f"of which MinErrorInitializer {init_min_error:.2f} s  target <= {TARGETS['init_s']} s ({_verdict(init_min_error, TARGETS['init_s'])})")
     unit = "max RSS" if args.device == "cpu" else "max allocated"

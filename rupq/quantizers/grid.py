@@ -33,11 +33,18 @@ step / σ / offset)::
 Only the input and a few scalars are kept for backward (the input is alive anyway: it is a
 weight, or the previous layer's output that its own backward keeps); the backward pass
 recomputes ``t`` with the same operations as the forward pass, so the masks agree bit for bit.
+
+On contiguous float32 CPU tensors forward and backward are one pass each through the C++
+kernels of :mod:`rupq.quantizers.cpu_kernels` (same formulas, sums in float64); elsewhere, or
+with ``RUPQ_NO_CPP_KERNELS=1``, through the torch ops below.
 """
 
 import math
 
 import torch
+
+from rupq.quantizers import cpu_kernels
+from rupq.quantizers.transformations import SIGMA_EPSILON
 
 #: Smallest step magnitude the grid divides by. An optimizer may push a step to zero or below;
 #: the grid then uses ``max(|s|, STEP_EPSILON)``, which is the identity (values and gradients)
@@ -88,6 +95,9 @@ def _codes(x, scale, offset):
 def fake_quantize_values(x, step, n, p, sigma=None, offset=None) -> torch.Tensor:
     """Forward values only (no autograd): ``round(clamp((x - o) / c, n, p)) * c + o``, ``c = s' σ``, float32."""
     scale = _folded_scale(step, sigma)
+    kernels = cpu_kernels.for_tensors(x, scale, offset)
+    if kernels is not None:
+        return kernels.fake_quantize_forward(x, cpu_kernels.flat(scale), cpu_kernels.flat(offset), n, p)
     codes = _codes(x, scale, offset).clamp_(n, p).round_()
     if offset is None:
         return codes.mul_(scale)
@@ -130,6 +140,8 @@ class LsqFakeQuantize(torch.autograd.Function):
     def forward(ctx, x, step, sigma, offset, n: int, p: int):
         ctx.n, ctx.p = n, p
         ctx.x_dtype = x.dtype
+        # Backward takes the path forward took (whatever RUPQ_NO_CPP_KERNELS says by then).
+        ctx.kernels = cpu_kernels.for_tensors(x, step, sigma, offset)
         ctx.save_for_backward(x, step, sigma, offset)
         return fake_quantize_values(x, step, n, p, sigma, offset)
 
@@ -137,43 +149,142 @@ class LsqFakeQuantize(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, step, sigma, offset = ctx.saved_tensors
         n, p = ctx.n, ctx.p
-        grad = grad_out.float()
-        if not grad.is_contiguous():
-            grad = grad.contiguous()
-        codes = _codes(x, _folded_scale(step, sigma), offset)
-
-        # 2 m g = g [n < t < p] + g [n <= t <= p]: 2g inside, g on a bound, 0 outside.
-        twice_masked = torch.ops.aten.hardtanh_backward(grad, codes, n, p)
-        inclusive = torch.ops.aten.hardtanh_backward(grad, codes, _just_outside(n, -math.inf), _just_outside(p, math.inf))
-        twice_masked.add_(inclusive)
-        del inclusive
-
         need_x, need_step, need_sigma, need_offset = ctx.needs_input_grad[:4]
+        scale = _folded_scale(step, sigma)
+        kernels = ctx.kernels
+        if kernels is not None:
+            grad = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
+            grad_x, residual, outside_sums = kernels.fake_quantize_backward(
+                grad.contiguous(), x, cpu_kernels.flat(scale), cpu_kernels.flat(offset), n, p, need_x
+            )
+            if residual.numel() == 1:
+                residual, outside_sums = residual.reshape([]), outside_sums.reshape([])
+            grad_x = grad_x if need_x else None
+        else:
+            grad_x, residual, outside_sums = _torch_backward(grad_out, x, scale, offset, n, p, ctx.needs_input_grad[:4])
         grad_step = grad_sigma = grad_offset = None
-        if need_step or need_sigma or need_offset:
-            # g (q - m t) = m g (q - t) + (1 - m) g q: exact per element, since where m != 0
-            # t equals its clamped value and q - t is computed exactly.
-            outside_grad = torch.add(grad, twice_masked, alpha=-0.5)
-            per_channel = any(t is not None and _is_per_channel(t.shape) for t in (step, sigma, offset))
-            if need_step or need_sigma:
-                clamped = codes.clamp_(n, p)
-                rounded = clamped.round()
-                residual = _sum_products(outside_grad, rounded, per_channel)
-                rounding_error = torch.sub(rounded, clamped, out=clamped)
-                residual += 0.5 * _sum_products(twice_masked, rounding_error, per_channel)
-                if need_step:
-                    weighted = residual if sigma is None else residual * sigma.reshape(-1).squeeze()
-                    grad_step = _sum_to(weighted, step.shape)
-                if need_sigma:
-                    grad_sigma = _sum_to(residual * step.reshape(-1).squeeze(), sigma.shape)
-            if need_offset:
-                if per_channel:
-                    offset_sums = outside_grad.reshape(outside_grad.shape[0], -1).sum(1)
-                else:
-                    offset_sums = outside_grad.sum()
-                grad_offset = _sum_to(offset_sums, offset.shape)
-        grad_x = twice_masked.mul_(0.5).to(ctx.x_dtype) if need_x else None
+        if need_step:
+            weighted = residual if sigma is None else residual * sigma.reshape(-1).squeeze()
+            grad_step = _sum_to(weighted, step.shape)
+        if need_sigma:
+            grad_sigma = _sum_to(residual * step.reshape(-1).squeeze(), sigma.shape)
+        if need_offset:
+            grad_offset = _sum_to(outside_sums, offset.shape)
+        if grad_x is not None and grad_x.dtype != ctx.x_dtype:
+            grad_x = grad_x.to(ctx.x_dtype)
         return grad_x, grad_step, grad_sigma, grad_offset, None, None
+
+
+def _torch_backward(grad_out, x, scale, offset, n, p, needs_input_grad):
+    """``(g m, Σ g (q - m t), Σ g (1 - m))`` with torch ops; sums per channel (``[C]``) or whole (``[]``)."""
+    grad = grad_out.float()
+    if not grad.is_contiguous():
+        grad = grad.contiguous()
+    codes = _codes(x, scale, offset)
+
+    # 2 m g = g [n < t < p] + g [n <= t <= p]: 2g inside, g on a bound, 0 outside.
+    twice_masked = torch.ops.aten.hardtanh_backward(grad, codes, n, p)
+    inclusive = torch.ops.aten.hardtanh_backward(grad, codes, _just_outside(n, -math.inf), _just_outside(p, math.inf))
+    twice_masked.add_(inclusive)
+    del inclusive
+
+    need_x, need_step, need_sigma, need_offset = needs_input_grad
+    residual = outside_sums = None
+    if need_step or need_sigma or need_offset:
+        # g (q - m t) = m g (q - t) + (1 - m) g q: exact per element, since where m != 0
+        # t equals its clamped value and q - t is computed exactly.
+        outside_grad = torch.add(grad, twice_masked, alpha=-0.5)
+        per_channel = _is_per_channel(scale.shape) or (offset is not None and _is_per_channel(offset.shape))
+        if need_step or need_sigma:
+            clamped = codes.clamp_(n, p)
+            rounded = clamped.round()
+            residual = _sum_products(outside_grad, rounded, per_channel)
+            rounding_error = torch.sub(rounded, clamped, out=clamped)
+            residual += 0.5 * _sum_products(twice_masked, rounding_error, per_channel)
+        if need_offset:
+            if per_channel:
+                outside_sums = outside_grad.reshape(outside_grad.shape[0], -1).sum(1)
+            else:
+                outside_sums = outside_grad.sum()
+    grad_x = twice_masked.mul_(0.5) if need_x else None
+    return grad_x, residual, outside_sums
+
+
+class StandardizedLsqFakeQuantize(torch.autograd.Function):
+    """:class:`LsqFakeQuantize` with RUPQ's σ computed inside: ``σ = a + w · max(std(x - o), ε)``.
+
+    ``a`` (detached) and ``w`` are the EMA mixing of a training step (``a = momentum · ema``,
+    ``w = 1 - momentum``; ``a = None``, ``w = 1`` without momentum), ``std`` the unbiased std
+    over the whole tensor (``rows = 1``) or per leading channel (``rows = C``). The values and
+    gradients are those of :meth:`Standardization.sigma` followed by :class:`LsqFakeQuantize`;
+    being one function, the backward adds the std's share of ``dL/dx``,
+    ``dL/dstd · (x - o - mean) / ((N - 1) std)`` with ``dL/dstd = w [std >= ε] Σ g s' (q - m t)``,
+    into the grid's ``dL/dx`` in place, instead of autograd adding two full-size gradients.
+    C++ kernels only (:func:`cpu_kernels.for_tensors` must accept the tensors).
+
+    Returns ``(out, σ)``; ``σ`` carries no gradient (it is for the EMA update).
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, offset, ema_term, weight: float, rows: int, sigma_shape, n: int, p: int):
+        kernels = ctx.kernels = cpu_kernels.kernels()
+        mean, std = kernels.std_forward(x, cpu_kernels.flat(offset), rows)
+        batch_std = std.clamp_min(SIGMA_EPSILON).reshape(sigma_shape)
+        sigma = batch_std if ema_term is None else ema_term + weight * batch_std
+        scale = _folded_scale(step, sigma)
+        out = kernels.fake_quantize_forward(x, cpu_kernels.flat(scale), cpu_kernels.flat(offset), n, p)
+        ctx.n, ctx.p, ctx.weight, ctx.epsilon = n, p, weight, SIGMA_EPSILON
+        ctx.save_for_backward(x, step, offset, mean, std, sigma, scale)
+        ctx.mark_non_differentiable(sigma)
+        return out, sigma
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_sigma):
+        x, step, offset, mean, std, sigma, scale = ctx.saved_tensors
+        need_x, need_step, need_offset = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        kernels = ctx.kernels
+        grad = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
+        flat_offset = cpu_kernels.flat(offset)
+        grad_x, residual, outside_sums = kernels.fake_quantize_backward(
+            grad.contiguous(), x, cpu_kernels.flat(scale), flat_offset, ctx.n, ctx.p, need_x
+        )
+        rows = std.numel()
+        count = x.numel() // rows
+        # dL/dσ per row of σ (the grid may have one row per channel where σ has one for all),
+        # through the EMA mixing and max(std, ε), into the std's coefficient.
+        grad_std = residual * step.reshape(-1) * ctx.weight
+        if grad_std.numel() != rows:
+            grad_std = grad_std.sum().reshape(1)
+        grad_std = torch.where(std >= ctx.epsilon, grad_std, 0.0)
+        coefficient = grad_std / (std.clamp_min(ctx.epsilon) * (count - 1))
+        _, std_sums = kernels.std_backward(x, flat_offset, mean, coefficient, grad_x if need_x else None)
+        grad_step = grad_offset = None
+        if need_step:
+            grad_step = _sum_to(residual * sigma.reshape(-1), step.shape)
+        if need_offset:
+            # The grid's Σ g (1 - m) and the std's -Σ dL/dstd · (x - o - mean) / ((N - 1) std).
+            grad_offset = _sum_to(outside_sums, offset.shape) - _sum_to(std_sums, offset.shape)
+        return grad_x if need_x else None, grad_step, grad_offset, None, None, None, None, None, None
+
+
+def standardized_lsq_quantize(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    negative_clip: int,
+    positive_clip: int,
+    ema_term: torch.Tensor | None,
+    weight: float,
+    rows: int,
+    sigma_shape: list[int],
+    offset: torch.Tensor | None = None,
+    x_numel: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lsq_quantize` with σ computed inside (:class:`StandardizedLsqFakeQuantize`): ``(out, σ)``."""
+    factor = step_gradient_scale(x.numel() if x_numel is None else x_numel, step.numel(), positive_clip)
+    scaled_step = scale_gradient(guard_step(step), factor)
+    return StandardizedLsqFakeQuantize.apply(
+        x, scaled_step, offset, ema_term, weight, rows, sigma_shape, negative_clip, positive_clip
+    )
 
 
 def lsq_quantize(

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers.grid import integer_range, lsq_quantize
+from rupq.quantizers.grid import integer_range, lsq_quantize, standardized_lsq_quantize
 from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
 from rupq.quantizers.transformations import Standardization
 
@@ -97,7 +97,18 @@ class StepQuantizer(nn.Module):
         if self.bit_width is None:
             raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
         offset = self._offset()
-        sigma = None if self.transformation is None else self.transformation.sigma(x, offset)
+        transformation = self.transformation
+        mixing = None if transformation is None or not self._initialized else transformation.fused_mixing(x, offset)
+        if mixing is not None:
+            # σ and the grid in one function (C++ CPU kernels): see StandardizedLsqFakeQuantize.
+            ema_term, weight, rows = mixing
+            quantized, sigma = standardized_lsq_quantize(
+                x, self.step, self.negative_clip, self.positive_clip, ema_term, weight, rows,
+                transformation.sigma_shape(list(x.shape)), offset, x.numel() * self.batch_shards,
+            )
+            transformation.update_ema(sigma)
+            return quantized
+        sigma = None if transformation is None else transformation.sigma(x, offset)
         if not self._initialized:
             self._initialize(x, sigma, offset)
         quantized = lsq_quantize(

@@ -33,7 +33,9 @@ class _StandardDeviation(torch.autograd.Function):
 
     Two passes (mean, then the norm of the deviations); backward recomputes ``x - o - mean``
     instead of keeping it. ``torch.std`` over inner dims is an order of magnitude slower on CPU,
-    and this runs on every weight at every training step.
+    and this runs on every weight at every training step. On contiguous float32 CPU tensors,
+    reducing all dims or all but the leading one, forward and backward are one pass each
+    through :mod:`rupq.quantizers.cpu_kernels` (float64 sums).
 
     ``d std / d x = (x - o - mean) / ((N - 1) std)``, ``d std / d o = -Σ d std / d x``.
     """
@@ -41,11 +43,13 @@ class _StandardDeviation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, offset, dims):
         rows = _kernel_rows(x, offset, dims)
-        kernels = None if rows is None else cpu_kernels.for_tensors(x, offset)
+        # Backward takes the path forward took (whatever RUPQ_NO_CPP_KERNELS says by then).
+        kernels = ctx.kernels = None if rows is None else cpu_kernels.for_tensors(x, offset)
         if kernels is not None:
             # One pass: float64 sums of (x - o) and its square per row.
             mean, std = kernels.std_forward(x, cpu_kernels.flat(offset), rows)
-            kept = [x.shape[d] if d not in dims else 1 for d in range(x.dim())]
+            reduced = {d % x.dim() for d in dims}
+            kept = [1 if d in reduced else size for d, size in enumerate(x.shape)]
             mean, std = mean.reshape(kept), std.reshape(kept)
             count = x.numel() // max(rows, 1)
         else:
@@ -62,9 +66,11 @@ class _StandardDeviation(torch.autograd.Function):
         x, offset, mean, std = ctx.saved_tensors
         coefficient = grad_std / (std.clamp_min(SIGMA_EPSILON) * (ctx.count - 1))
         need_offset = offset is not None and ctx.needs_input_grad[1]
-        kernels = cpu_kernels.for_tensors(x, offset) if _kernel_rows(x, offset, ctx.dims) is not None else None
+        kernels = ctx.kernels
         if kernels is not None:
-            grad_x, sums = kernels.std_backward(x, cpu_kernels.flat(offset), cpu_kernels.flat(mean), cpu_kernels.flat(coefficient))
+            grad_x, sums = kernels.std_backward(
+                x, cpu_kernels.flat(offset), cpu_kernels.flat(mean), cpu_kernels.flat(coefficient), None
+            )
             grad_offset = -sums.reshape(mean.shape).sum_to_size(offset.shape) if need_offset else None
             return grad_x, grad_offset, None
         # coefficient * (x - o - mean) as one multiply-add pass.
@@ -201,9 +207,30 @@ class Standardization(nn.Module):
             sigma = batch_std
         else:
             sigma = (self.momentum * self.ema_std).detach() + (1.0 - self.momentum) * batch_std
+        self.update_ema(sigma)
+        return sigma
+
+    def update_ema(self, sigma: torch.Tensor) -> None:
+        """``ema ← σ`` of a training step (unless frozen)."""
         if not self.freeze_ema:
             self.ema_std.copy_(sigma.detach().reshape(self.ema_std.shape))
-        return sigma
+
+    def fused_mixing(self, x: torch.Tensor, offset: torch.Tensor | None = None):
+        """``(a, w, rows)`` with this training step's ``σ = a + w · std(x - o)`` when the C++ CPU
+        kernels can compute σ inside the grid (``StandardizedLsqFakeQuantize``), else ``None``.
+
+        ``a = momentum · ema`` (detached; ``None`` without momentum), ``w = 1 - momentum``,
+        ``rows``: 1 for one σ, ``C`` for one per leading channel. ``σ`` of the fused function
+        then goes to :meth:`update_ema`.
+        """
+        if not (self.training and self.trainable and self._ema_ready and self.process_group is None):
+            return None
+        rows = _kernel_rows(x, offset, list(range(x.dim())) if self.dim is None else self.dim)
+        if rows is None or cpu_kernels.for_tensors(x, offset) is None:
+            return None
+        if self.momentum == 0.0:
+            return None, 1.0, rows
+        return (self.momentum * self.ema_std).detach(), 1.0 - self.momentum, rows
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x / σ, σ)``."""

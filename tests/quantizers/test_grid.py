@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from kernel_paths import kernel_path  # noqa: F401 (fixture)
 from quantizer_reference import reference_grid
 
 from rupq.quantizers.grid import (
@@ -51,6 +52,7 @@ def _inputs(per_channel, half_wave, seed=0):
     return x, step, n, p
 
 
+@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("half_wave", [False, True])
 @pytest.mark.parametrize("with_offset", [False, True])
@@ -88,6 +90,7 @@ def test_fused_grid_matches_reference(per_channel, half_wave, with_offset, with_
         _close(grad, ref_grad, 1e-5, summation_tolerance(grad_out, x))
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_gradient_on_bounds_is_halved():
     n, p = integer_range(2, True)
     step = torch.tensor(0.5, requires_grad=True)
@@ -100,6 +103,7 @@ def test_step_gradient_scale():
     assert step_gradient_scale(1000, 10, 15) == pytest.approx(1 / math.sqrt(1500))
 
 
+@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel):
     # torch's fused kernel decides "inside" on the *rounded* code (so x/s in (p, p + 1/2)
@@ -135,6 +139,7 @@ def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel):
     _close(s.grad, st.grad, 1e-5)
 
 
+@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("bad_step", [0.0, -0.3, -1e-12])
 def test_degenerate_step_stays_finite(bad_step):
     x = torch.randn(100, requires_grad=True)
@@ -146,6 +151,7 @@ def test_degenerate_step_stays_finite(bad_step):
         assert torch.equal(out, lsq_quantize(x, torch.tensor(-bad_step), -8, 7))
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_guard_leaves_normal_steps_bit_identical():
     torch.manual_seed(2)
     x = torch.randn(50)
@@ -173,6 +179,7 @@ def test_autocast_computes_in_float32():
     assert x.grad.dtype == torch.bfloat16 and torch.isfinite(step.grad)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_backward_keeps_only_the_input_and_small_tensors():
     x = torch.randn(64, 64, requires_grad=True)
     step = torch.tensor(0.2, requires_grad=True)

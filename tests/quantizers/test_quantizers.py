@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from kernel_paths import kernel_path  # noqa: F401 (fixture)
 from quantizer_reference import reference_quantize
 from test_grid import _close, summation_tolerance
 
@@ -40,6 +41,7 @@ def _cases():
                     yield quantizer_type, transformation, per_channel, half_wave, role
 
 
+@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("quantizer_type,transformation,per_channel,half_wave,role", list(_cases()))
 def test_quantizer_matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role):
     torch.manual_seed(0)
@@ -75,6 +77,7 @@ def test_quantizer_matches_reference_over_steps(quantizer_type, transformation, 
         _close(quantizer.step, oracle.step, 1e-6)
 
 
+@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("dims", [None, [1, 2, 3], [1]])
 def test_standard_deviation_matches_torch_std(dims):
     torch.manual_seed(0)
@@ -89,6 +92,7 @@ def test_standard_deviation_matches_torch_std(dims):
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_initialization_happens_once_and_survives_state_dict():
     quantizer = _configured(StepOffsetQuantizer, "input", Standardization(momentum=0.9), True, False)
     assert not quantizer.initialized
@@ -120,6 +124,7 @@ def test_initializer_sees_the_standardized_offset_tensor():
     torch.testing.assert_close(quantizer.max_value, standardized.max())
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_standardization_ema_rules():
     torch.manual_seed(0)
     first_batch = Standardization(momentum=0.5)
@@ -158,6 +163,7 @@ def test_mean_std_initializer_formula():
     assert MeanStdInitializer()(x, 0, 15, []).shape == torch.Size([])
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_steps_driven_negative_by_training_stay_finite():
     quantizer = _configured(StepOffsetQuantizer, "input", Standardization(momentum=0.9, std_init=1.0), True, False)
     x = torch.randn(2, 6, 5, 5).relu()
