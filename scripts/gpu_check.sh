@@ -75,7 +75,7 @@ for split, count in (("train", batch * steps), ("t10k", batch)):
 recipe = Path("rupq/examples/quickstart/w4a4_rupq.yaml").read_text()
 recipe = recipe.replace("dataset: &dataset !FashionMNISTDataloader\n  batch_size: 128\n",
                         f"dataset: &dataset !FashionMNISTDataloader\n  batch_size: {batch}\n  num_workers: 2\n  root: {data}\n")
-recipe = recipe.replace("  epochs: 2\n", "  epochs: 1\n  model_arch: small_resnet\n")
+recipe = recipe.replace("  epochs: 1\n", "  epochs: 1\n  model_arch: small_resnet\n")
 if f"batch_size: {batch}" not in recipe or "model_arch: small_resnet" not in recipe:
     sys.exit("gpu_check: rupq/examples/quickstart/w4a4_rupq.yaml changed; update scripts/gpu_check.sh")
 (workdir / "config.yaml").write_text(recipe)
