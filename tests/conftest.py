@@ -20,11 +20,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def tiny_fashion_mnist(tmp_path) -> Path:
+def write_tiny_fashion_mnist(root: Path) -> Path:
     """64 training and 32 test 28×28 images whose class is visible (bright band at row 2·class)."""
-    root = tmp_path / "fashion"
-    root.mkdir()
+    root.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, count in (("train", 64), ("t10k", 32)):
         labels = np.arange(count) % 10
@@ -34,6 +32,11 @@ def tiny_fashion_mnist(tmp_path) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture
+def tiny_fashion_mnist(tmp_path) -> Path:
+    return write_tiny_fashion_mnist(tmp_path / "fashion")
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, fashion_config, run_cli, write_config, write_idx
+from conftest import REPO, fashion_config, run_cli, write_config, write_tiny_fashion_mnist
 from reliability_support import ONE_THREAD, one_error_line, run_main
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint, save_atomic
 
@@ -57,20 +56,6 @@ def test_non_finite_loss_before_any_checkpoint(tmp_path, tiny_fashion_mnist):
 
 
 # ---- interrupting and resuming ----------------------------------------------------------------
-
-
-def write_tiny_fashion_mnist(root):
-    """conftest's ``tiny_fashion_mnist`` for a module-scoped fixture: 64 training, 32 test images."""
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 64), ("t10k", 32)):
-        labels = np.arange(count) % 10
-        images = rng.integers(0, 60, size=(count, 28, 28))
-        for index, label in enumerate(labels):
-            images[index, 2 * label : 2 * label + 3] = 255
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
 
 
 def worker_config(folder, fashion_root):

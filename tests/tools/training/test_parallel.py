@@ -11,13 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import tiny_models  # noqa: F401  (registers tiny_convnet)
-from conftest import REPO, write_config, write_idx
+from conftest import REPO, write_config, write_tiny_fashion_mnist
 from rupq.config import load_config
 from rupq.errors import ConfigError
 from rupq.tools.training.parallel import Parallelism, choose_mode, setup_parallelism, torchrun_ranks
@@ -125,20 +124,6 @@ def assert_same_states(a: dict, b: dict, **tolerance) -> None:
             assert torch.equal(a[name], b[name]), name
 
 
-def fashion_mnist_files(root: Path) -> Path:
-    """64 training and 32 test images in the idx format (as conftest's tiny_fashion_mnist)."""
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 64), ("t10k", 32)):
-        labels = np.arange(count) % 10
-        images = rng.integers(0, 60, size=(count, 28, 28))
-        for index, label in enumerate(labels):
-            images[index, 2 * label : 2 * label + 3] = 255
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
 # ---- mode selection (no processes) ----------------------------------------------------------
 
 
@@ -221,7 +206,7 @@ def runs(tmp_path_factory):
        DDP checkpoint of run 1; epoch 2 resumed from its own checkpoint.
     """
     root = tmp_path_factory.mktemp("parallel")
-    data = fashion_mnist_files(root / "fashion")
+    data = write_tiny_fashion_mnist(root / "fashion")
     one_epoch = rupq_config(root / "one.yaml", data, 1, TINY)
     two_epochs = rupq_config(root / "two.yaml", data, 2, TINY)
     batchnorm = rupq_config(root / "small.yaml", data, 1, SMALL_RESNET)
