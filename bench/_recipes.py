@@ -1,38 +1,21 @@
 """Benchmark helpers: the seed recipes' model parsers and the test suite's chain-of-ops oracle.
 
-Only the ``model_parser`` section of a recipe is built (with ``rupq.quantizers`` tags); other
-tags stay plain mappings, so no dataset or training object is created.
+Recipes are read with the project's config loader, which builds objects but touches no data.
 """
 
 import importlib.util
 from pathlib import Path
 
-import yaml
-
 import rupq.quantizers as quantizers
+from rupq.config import load_config
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RECIPES = REPOSITORY / "rupq" / "examples" / "quantized" / "classification"
 
 
-class _QuantizerTagLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct(loader, tag_suffix, node):
-    arguments = loader.construct_mapping(node, deep=True) if isinstance(node, yaml.MappingNode) else {}
-    if tag_suffix in quantizers.__all__:
-        return getattr(quantizers, tag_suffix)(**arguments)
-    return arguments
-
-
-_QuantizerTagLoader.add_multi_constructor("!", _construct)
-
-
 def recipe_parser(model_name: str, recipe: str) -> quantizers.ModelParser:
     """The ``ModelParser`` of ``rupq/examples/quantized/classification/<model>/<recipe>.yaml``."""
-    path = RECIPES / model_name / f"{recipe}.yaml"
-    return yaml.load(path.read_text(), Loader=_QuantizerTagLoader)["model_parser"]
+    return load_config(RECIPES / model_name / f"{recipe}.yaml")["model_parser"]
 
 
 def quantizer_reference():
