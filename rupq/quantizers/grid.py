@@ -267,6 +267,15 @@ class StandardizedLsqFakeQuantize(torch.autograd.Function):
         return grad_x if need_x else None, grad_step, grad_offset, None, None, None, None, None, None
 
 
+def learnable_step(step: torch.Tensor, x_numel: int, positive_clip: int) -> torch.Tensor:
+    """``s'``: the raw learnable step guarded (:func:`guard_step`), its gradient scaled by LSQ's ``g``.
+
+    ``x_numel`` counts the elements the step quantizes; when ``x`` is one shard of a larger batch
+    (data-parallel training) it is the whole batch's, whose step gradients are added up.
+    """
+    return scale_gradient(guard_step(step), step_gradient_scale(x_numel, step.numel(), positive_clip))
+
+
 def standardized_lsq_quantize(
     x: torch.Tensor,
     step: torch.Tensor,
@@ -280,8 +289,7 @@ def standardized_lsq_quantize(
     x_numel: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`lsq_quantize` with σ computed inside (:class:`StandardizedLsqFakeQuantize`): ``(out, σ)``."""
-    factor = step_gradient_scale(x.numel() if x_numel is None else x_numel, step.numel(), positive_clip)
-    scaled_step = scale_gradient(guard_step(step), factor)
+    scaled_step = learnable_step(step, x.numel() if x_numel is None else x_numel, positive_clip)
     return StandardizedLsqFakeQuantize.apply(
         x, scaled_step, offset, ema_term, weight, rows, sigma_shape, negative_clip, positive_clip
     )
@@ -298,11 +306,25 @@ def lsq_quantize(
 ) -> torch.Tensor:
     """Fake-quantize ``x`` on the LSQ grid (module docstring), result in float32.
 
-    ``step`` is the raw learnable step: this guards it (:func:`guard_step`) and scales its
-    gradient by ``g = 1 / sqrt(p * numel(x) / numel(s))`` before the fused grid. ``x_numel``
-    replaces ``numel(x)`` when ``x`` is one shard of a larger batch (data-parallel training:
-    ``g`` must count the elements of the whole batch, whose step gradients are added up).
+    ``step`` is the raw learnable step (see :func:`learnable_step`, which ``x_numel`` goes to).
     """
-    factor = step_gradient_scale(x.numel() if x_numel is None else x_numel, step.numel(), positive_clip)
-    scaled_step = scale_gradient(guard_step(step), factor)
+    scaled_step = learnable_step(step, x.numel() if x_numel is None else x_numel, positive_clip)
     return LsqFakeQuantize.apply(x, scaled_step, sigma, offset, negative_clip, positive_clip)
+
+
+def lsq_tangents(
+    x: torch.Tensor, scale: torch.Tensor, n: int, p: int, offset: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-element derivatives of ``out`` for a fixed ``x``: ``(∂out/∂c, ∂out/∂o)`` = ``(q - m t, 1 - m)``.
+
+    ``c = s' σ`` is a scalar (``∂out/∂o`` is ``None`` without an offset). These are the factors
+    the backward pass multiplies ``g_out`` by (module docstring), so ``dL/dc = Σ g_out ∂out/∂c``.
+    A layer whose input carries no gradient (a network's first layer) uses them to get the
+    step's and offset's gradients from its own forward pass instead of a gradient for its input.
+    """
+    codes = _codes(x.detach(), scale.detach(), None if offset is None else offset.detach())
+    # m = ([n < t < p] + [n <= t <= p]) / 2: 1 inside, 1/2 on a bound, 0 outside.
+    mask = ((codes > n) & (codes < p)).float().add_(((codes >= n) & (codes <= p)).float()).mul_(0.5)
+    scale_tangent = codes.clamp(n, p).round_().sub_(mask * codes)
+    offset_tangent = None if offset is None else torch.sub(1.0, mask)
+    return scale_tangent, offset_tangent

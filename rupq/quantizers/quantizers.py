@@ -13,7 +13,13 @@ import torch.distributed as dist
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers.grid import integer_range, lsq_quantize, standardized_lsq_quantize
+from rupq.quantizers.grid import (
+    integer_range,
+    learnable_step,
+    lsq_quantize,
+    lsq_tangents,
+    standardized_lsq_quantize,
+)
 from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
 from rupq.quantizers.transformations import Standardization
 
@@ -94,6 +100,11 @@ class StepQuantizer(nn.Module):
         self._initialized = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quantized, _ = self._quantize(x)
+        return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype)
+
+    def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out in float32, the σ it used or None)``; initialises on the first call, updates the EMA."""
         if self.bit_width is None:
             raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
         offset = self._offset()
@@ -107,14 +118,35 @@ class StepQuantizer(nn.Module):
                 transformation.sigma_shape(list(x.shape)), offset, x.numel() * self.batch_shards,
             )
             transformation.update_ema(sigma)
-            return quantized
+            return quantized, sigma
         sigma = None if transformation is None else transformation.sigma(x, offset)
         if not self._initialized:
             self._initialize(x, sigma, offset)
         quantized = lsq_quantize(
             x, self.step, self.negative_clip, self.positive_clip, sigma, offset, x.numel() * self.batch_shards
         )
-        return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype)
+        return quantized, sigma
+
+    def linearize(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """For an ``x`` that carries no gradient: ``(out, [(θ, ∂out/∂θ), ...])``.
+
+        ``out`` equals ``self(x)`` but has no autograd graph; each ``θ`` is a scalar with the
+        graph to this quantizer's parameters (``c = s' σ``, and the offset of LSQ+) and
+        ``∂out/∂θ`` its per-element derivative (:func:`lsq_tangents`). With ``x`` fixed, σ
+        carries no gradient, so these are all the paths from the loss to the parameters.
+        """
+        # Not under no_grad: σ of a data-parallel batch is all-reduced in training steps only.
+        quantized, sigma = self._quantize(x)
+        quantized = quantized.detach()
+        scale = learnable_step(self.step, x.numel() * self.batch_shards, self.positive_clip)
+        if sigma is not None:
+            scale = scale * sigma.detach()
+        offset = self._offset()
+        scale_tangent, offset_tangent = lsq_tangents(x, scale, self.negative_clip, self.positive_clip, offset)
+        pairs = [(scale, scale_tangent)]
+        if offset is not None:
+            pairs.append((offset, offset_tangent))
+        return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype), pairs
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -74,7 +74,12 @@ def reference_quantize(quantizer, x, std_of=literal_std):
 def install_reference(model: nn.Module) -> nn.Module:
     """Make every quantizer of ``model`` run :func:`reference_quantize` instead of the fused path."""
     from rupq.quantizers import quantizers_of
+    from rupq.quantizers.modules import QuantModule
 
     for _, quantizer in quantizers_of(model):
         quantizer.forward = types.MethodType(reference_quantize, quantizer)
+    for module in model.modules():
+        if isinstance(module, QuantModule):
+            # Every layer on plain autograd, including the first (see QuantModule._input_is_fixed).
+            module.linearize_fixed_input = False
     return model
