@@ -79,6 +79,19 @@ def guard_step(step: torch.Tensor) -> torch.Tensor:
     return step.abs().clamp_min(STEP_EPSILON)
 
 
+def _scaled_step_value(step: torch.Tensor, factor: float) -> torch.Tensor:
+    """The value of ``scale_gradient(guard_step(step), factor)``, by the same ops (same bits)."""
+    guarded = guard_step(step.detach())
+    scaled = guarded * factor
+    return (guarded - scaled) + scaled
+
+
+def _raw_step_gradient(grad_scaled: torch.Tensor, step: torch.Tensor, factor: float) -> torch.Tensor:
+    """``dL/ds`` from ``dL/ds'``, as autograd takes it through the gradient scale, ``clamp_min`` and ``abs``."""
+    # clamp_min passes the gradient where |s| >= ε compared exactly (ε is not a float32).
+    return grad_scaled * factor * torch.where(step.double().abs() >= STEP_EPSILON, step.sign(), 0.0)
+
+
 def _folded_scale(step, sigma):
     """``c = s' σ``: the grid only ever sees the product (one pass instead of two per use)."""
     return step if sigma is None else step * sigma
@@ -132,22 +145,24 @@ def _sum_to(values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 class LsqFakeQuantize(torch.autograd.Function):
     """``out = round(clamp((x - o) / c, n, p)) * c + o``, ``c = s' σ``, with LSQ's gradients.
 
-    ``step`` is ``s'`` (the gradient scale ``g`` is applied by the caller); ``sigma`` and
+    ``raw_step`` is the learnable step ``s``; ``s' = max(|s|, ε)`` with its gradient scaled by
+    ``factor`` (``g``) is taken inside, so that a quantizer is one autograd node. ``sigma`` and
     ``offset`` may be ``None``. Parameters are scalars or one per leading channel of ``x``.
     """
 
     @staticmethod
-    def forward(ctx, x, step, sigma, offset, n: int, p: int):
-        ctx.n, ctx.p = n, p
+    def forward(ctx, x, raw_step, sigma, offset, n: int, p: int, factor: float):
+        step = _scaled_step_value(raw_step, factor)
+        ctx.n, ctx.p, ctx.factor = n, p, factor
         ctx.x_dtype = x.dtype
         # Backward takes the path forward took (whatever RUPQ_NO_CPP_KERNELS says by then).
         ctx.kernels = cpu_kernels.for_tensors(x, step, sigma, offset)
-        ctx.save_for_backward(x, step, sigma, offset)
+        ctx.save_for_backward(x, raw_step, step, sigma, offset)
         return fake_quantize_values(x, step, n, p, sigma, offset)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, step, sigma, offset = ctx.saved_tensors
+        x, raw_step, step, sigma, offset = ctx.saved_tensors
         n, p = ctx.n, ctx.p
         need_x, need_step, need_sigma, need_offset = ctx.needs_input_grad[:4]
         scale = _folded_scale(step, sigma)
@@ -165,14 +180,14 @@ class LsqFakeQuantize(torch.autograd.Function):
         grad_step = grad_sigma = grad_offset = None
         if need_step:
             weighted = residual if sigma is None else residual * sigma.reshape(-1).squeeze()
-            grad_step = _sum_to(weighted, step.shape)
+            grad_step = _raw_step_gradient(_sum_to(weighted, step.shape), raw_step, ctx.factor)
         if need_sigma:
             grad_sigma = _sum_to(residual * step.reshape(-1).squeeze(), sigma.shape)
         if need_offset:
             grad_offset = _sum_to(outside_sums, offset.shape)
         if grad_x is not None and grad_x.dtype != ctx.x_dtype:
             grad_x = grad_x.to(ctx.x_dtype)
-        return grad_x, grad_step, grad_sigma, grad_offset, None, None
+        return grad_x, grad_step, grad_sigma, grad_offset, None, None, None
 
 
 def _torch_backward(grad_out, x, scale, offset, n, p, needs_input_grad):
@@ -226,21 +241,22 @@ class StandardizedLsqFakeQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, step, offset, ema_term, weight: float, rows: int, sigma_shape, n: int, p: int):
+    def forward(ctx, x, raw_step, offset, ema_term, weight: float, rows: int, sigma_shape, n: int, p: int, factor: float):
+        step = _scaled_step_value(raw_step, factor)
         kernels = ctx.kernels = cpu_kernels.kernels()
         mean, std = kernels.std_forward(x, cpu_kernels.flat(offset), rows)
         batch_std = std.clamp_min(SIGMA_EPSILON).reshape(sigma_shape)
         sigma = batch_std if ema_term is None else ema_term + weight * batch_std
         scale = _folded_scale(step, sigma)
         out = kernels.fake_quantize_forward(x, cpu_kernels.flat(scale), cpu_kernels.flat(offset), n, p)
-        ctx.n, ctx.p, ctx.weight, ctx.epsilon = n, p, weight, SIGMA_EPSILON
-        ctx.save_for_backward(x, step, offset, mean, std, sigma, scale)
+        ctx.n, ctx.p, ctx.weight, ctx.epsilon, ctx.factor = n, p, weight, SIGMA_EPSILON, factor
+        ctx.save_for_backward(x, raw_step, step, offset, mean, std, sigma, scale)
         ctx.mark_non_differentiable(sigma)
         return out, sigma
 
     @staticmethod
     def backward(ctx, grad_out, _grad_sigma):
-        x, step, offset, mean, std, sigma, scale = ctx.saved_tensors
+        x, raw_step, step, offset, mean, std, sigma, scale = ctx.saved_tensors
         need_x, need_step, need_offset = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         kernels = ctx.kernels
         grad = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
@@ -260,11 +276,11 @@ class StandardizedLsqFakeQuantize(torch.autograd.Function):
         _, std_sums = kernels.std_backward(x, flat_offset, mean, coefficient, grad_x if need_x else None)
         grad_step = grad_offset = None
         if need_step:
-            grad_step = _sum_to(residual * sigma.reshape(-1), step.shape)
+            grad_step = _raw_step_gradient(_sum_to(residual * sigma.reshape(-1), step.shape), raw_step, ctx.factor)
         if need_offset:
             # The grid's Σ g (1 - m) and the std's -Σ dL/dstd · (x - o - mean) / ((N - 1) std).
             grad_offset = _sum_to(outside_sums, offset.shape) - _sum_to(std_sums, offset.shape)
-        return grad_x if need_x else None, grad_step, grad_offset, None, None, None, None, None, None
+        return grad_x if need_x else None, grad_step, grad_offset, None, None, None, None, None, None, None
 
 
 def learnable_step(step: torch.Tensor, x_numel: int, positive_clip: int) -> torch.Tensor:
@@ -289,9 +305,9 @@ def standardized_lsq_quantize(
     x_numel: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`lsq_quantize` with σ computed inside (:class:`StandardizedLsqFakeQuantize`): ``(out, σ)``."""
-    scaled_step = learnable_step(step, x.numel() if x_numel is None else x_numel, positive_clip)
+    factor = step_gradient_scale(x.numel() if x_numel is None else x_numel, step.numel(), positive_clip)
     return StandardizedLsqFakeQuantize.apply(
-        x, scaled_step, offset, ema_term, weight, rows, sigma_shape, negative_clip, positive_clip
+        x, step, offset, ema_term, weight, rows, sigma_shape, negative_clip, positive_clip, factor
     )
 
 
@@ -306,10 +322,11 @@ def lsq_quantize(
 ) -> torch.Tensor:
     """Fake-quantize ``x`` on the LSQ grid (module docstring), result in float32.
 
-    ``step`` is the raw learnable step (see :func:`learnable_step`, which ``x_numel`` goes to).
+    ``step`` is the raw learnable step, guarded and gradient-scaled inside as :func:`learnable_step`
+    does (``x_numel`` as there).
     """
-    scaled_step = learnable_step(step, x.numel() if x_numel is None else x_numel, positive_clip)
-    return LsqFakeQuantize.apply(x, scaled_step, sigma, offset, negative_clip, positive_clip)
+    factor = step_gradient_scale(x.numel() if x_numel is None else x_numel, step.numel(), positive_clip)
+    return LsqFakeQuantize.apply(x, step, sigma, offset, negative_clip, positive_clip, factor)
 
 
 def lsq_tangents(

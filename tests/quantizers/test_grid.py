@@ -8,6 +8,7 @@ from quantizer_reference import reference_grid
 from rupq.quantizers.grid import (
     STEP_EPSILON,
     LsqFakeQuantize,
+    guard_step,
     integer_range,
     lsq_quantize,
     step_gradient_scale,
@@ -152,6 +153,24 @@ def test_degenerate_step_stays_finite(bad_step):
 
 
 @pytest.mark.usefixtures("kernel_path")
+@pytest.mark.parametrize("value", [0.4, -0.4, 0.0, -1e-12, 1e-8])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_step_guard_and_gradient_scale_inside_the_function_match_autograd(value, per_channel):
+    """The fused function takes ``max(|s|, ε)`` and LSQ's ``g`` inside; autograd through
+    :func:`guard_step` and the oracle's grid (which applies ``g``) gives the same step gradient."""
+    torch.manual_seed(3)
+    x = torch.randn(4, 30)
+    grad_out = torch.randn(4, 30)
+    shape = [4, 1] if per_channel else []
+    s1 = torch.full(shape, value, requires_grad=True)
+    s2 = torch.full(shape, value, requires_grad=True)
+    lsq_quantize(x, s1, -8, 7).backward(grad_out)
+    reference_grid(x, guard_step(s2), -8, 7).backward(grad_out)
+    _close(s1.grad, s2.grad, 1e-5)
+    assert torch.equal(s1.grad == 0, s2.grad == 0)
+
+
+@pytest.mark.usefixtures("kernel_path")
 def test_guard_leaves_normal_steps_bit_identical():
     torch.manual_seed(2)
     x = torch.randn(50)
@@ -183,7 +202,7 @@ def test_autocast_computes_in_float32():
 def test_backward_keeps_only_the_input_and_small_tensors():
     x = torch.randn(64, 64, requires_grad=True)
     step = torch.tensor(0.2, requires_grad=True)
-    out = LsqFakeQuantize.apply(x, step, None, None, -8, 7)
+    out = LsqFakeQuantize.apply(x, step, None, None, -8, 7, 1.0)
     saved = out.grad_fn.saved_tensors
     big = [t for t in saved if t is not None and t.numel() > 1]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
