@@ -8,7 +8,9 @@ training step time of RUPQ w4a4, LSQ+ w4a4, RUPQ w4a4 on the torch-ops path
 chain-of-ops reference formulation (the tests' oracle) relative to full precision, quantized eval relative to FP eval, the time to
 initialise every quantizer, and peak memory of QAT relative to FP (each in its own
 subprocess: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Timings are medians;
-the models take turns step by step so that background load hits them alike.
+the models take turns step by step so that background load hits them alike. As in a real run,
+where ``train()`` / ``eval()`` are called once per epoch or validation, the modes are set before
+the timed steps, not inside them.
 """
 
 import argparse
@@ -92,7 +94,6 @@ class _Trainer:
             self._step()
 
     def _step(self) -> None:
-        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
         loss.backward()
@@ -101,7 +102,6 @@ class _Trainer:
     @torch.no_grad()
     def evaluate(self) -> None:
         with torch_ops_path(self.torch_ops):
-            self.model.eval()
             self.model(self.images)
 
 
@@ -153,6 +153,7 @@ def memory_child(kind: str, device: str, steps: int) -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer = _Trainer(build(kind, device, images), images, labels)
+    trainer.model.train()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
@@ -216,8 +217,12 @@ def main() -> None:
     trainers = {
         kind: _Trainer(build(kind, args.device, images), images, labels, torch_ops=kind == "rupq_torch") for kind in kinds
     }
+    for trainer in trainers.values():
+        trainer.model.train()
     train = interleaved_medians({kind: trainer.step for kind, trainer in trainers.items()}, args.device, args.steps, args.warmup)
     eval_kinds = [kind for kind in ("fp", "rupq", "rupq_torch", "lsqplus") if kind in trainers]
+    for kind in eval_kinds:
+        trainers[kind].model.eval()
     evaluation = interleaved_medians({kind: trainers[kind].evaluate for kind in eval_kinds}, args.device, args.steps, args.warmup)
     memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
 

@@ -9,7 +9,10 @@ backward). These kernels do the same arithmetic in one pass each:
   ``Σ g (q - m t)`` and ``Σ g (1 - m)`` the step, σ and offset gradients are made of
   (formulas in :mod:`rupq.quantizers.grid`);
 - ``std_forward`` / ``std_backward``: ``mean`` and unbiased ``std`` of ``x - o`` per row, and
-  ``dL/dx = dL/dstd (x - o - mean) / ((N - 1) std)`` with its row sums (for the offset).
+  ``dL/dx = dL/dstd (x - o - mean) / ((N - 1) std)`` with its row sums (for the offset);
+- ``standardized_rows_forward`` / ``standardized_rows_backward``: the std and the grid together
+  for one σ per leading channel (RUPQ's weights), one row at a time, so that each row is read
+  from memory once per direction and the second pass over it hits the cache.
 
 A "row" is the whole tensor (scalar parameters) or one leading channel (per-channel
 parameters). Rows are cut into fixed chunks summed in a fixed order, so results do not depend
@@ -128,12 +131,16 @@ void moments_span(const float* x, int64_t count, float offset, double pivot, dou
   *squares_out = squares;
 }
 
-// gx = coefficient (x - o - mean), or gx += it when accumulating; the sum of the added terms.
+// gx = coefficient (x - o - mean), or gx += it when accumulating (or only the sum, gx null);
+// the sum of the added terms.
 RUPQ_CLONES
 void std_backward_span(const float* x, float* gx, bool accumulate, int64_t count, float offset, float mean,
                        float coefficient, double* sum_out) {
   double sum = 0.0;
-  if (accumulate) {
+  if (gx == nullptr) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < count; ++i) sum += static_cast<double>(((x[i] - offset) - mean) * coefficient);
+  } else if (accumulate) {
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < count; ++i) {
       float value = ((x[i] - offset) - mean) * coefficient;
@@ -300,9 +307,117 @@ std::vector<at::Tensor> std_backward(const at::Tensor& x, const c10::optional<at
   for (int64_t r = 0; r < rows; ++r) sums_tensor.data_ptr<float>()[r] = static_cast<float>(row_sums[r]);
   return {grad_x, sums_tensor};
 }
+
+// The standardized grid with one σ per leading channel (weights), one row at a time: the
+// moments pass leaves the row in cache for the grid pass (and, backward, the grid's pass for
+// the std's). Per row r, in float32 as the torch formulation computes them:
+//   σ_r = a_r + w max(std_r, ε) (a_r = 0 without an EMA term), c_r = s'_r σ_r, out = grid(x; c_r, o_r).
+// Returns {out, mean, std, σ, c}, each but out of shape [rows].
+std::vector<at::Tensor> standardized_rows_forward(const at::Tensor& x, const at::Tensor& step,
+                                                  const c10::optional<at::Tensor>& offset,
+                                                  const c10::optional<at::Tensor>& ema_term, double weight,
+                                                  double epsilon, double lower, double upper) {
+  check_input(x, "x");
+  check_input(step, "step");
+  if (offset.has_value()) check_input(*offset, "offset");
+  if (ema_term.has_value()) check_input(*ema_term, "ema_term");
+  TORCH_CHECK(x.dim() > 1 && x.size(0) > 0, "x must have a leading channel dim");
+  int64_t rows = x.size(0), cols = x.numel() / rows;
+  TORCH_CHECK(cols > 1, "each row needs two elements for an unbiased std");
+  for (const at::Tensor* t : {&step, offset.has_value() ? &*offset : nullptr, ema_term.has_value() ? &*ema_term : nullptr})
+    TORCH_CHECK(t == nullptr || t->numel() == 1 || t->numel() == rows, "parameters must be scalars or one per row");
+  at::Tensor out = at::empty_like(x);
+  auto options = x.options();
+  at::Tensor mean = at::empty({rows}, options), std = at::empty({rows}, options), sigma = at::empty({rows}, options),
+             scale = at::empty({rows}, options);
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float* sp = step.data_ptr<float>();
+  const float* offp = offset.has_value() ? offset->data_ptr<float>() : nullptr;
+  const float* ap = ema_term.has_value() ? ema_term->data_ptr<float>() : nullptr;
+  int64_t snum = step.numel(), onum = offset.has_value() ? offset->numel() : 1, anum = ema_term.has_value() ? ema_term->numel() : 1;
+  float* meanp = mean.data_ptr<float>();
+  float* stdp = std.data_ptr<float>();
+  float* sigmap = sigma.data_ptr<float>();
+  float* scalep = scale.data_ptr<float>();
+  const float w = static_cast<float>(weight), eps = static_cast<float>(epsilon);
+  at::parallel_for(0, rows, std::max<int64_t>(1, kChunk / cols), [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const float* row = xp + r * cols;
+      float o = at_row(offp, onum, r);
+      double pivot = static_cast<double>(row[0] - o), sum, squares;
+      moments_span(row, cols, o, pivot, &sum, &squares);
+      double count = static_cast<double>(cols);
+      meanp[r] = static_cast<float>(pivot + sum / count);
+      stdp[r] = static_cast<float>(std::sqrt(std::max(0.0, squares - sum * sum / count) / (count - 1.0)));
+      float batch_std = std::max(stdp[r], eps);
+      sigmap[r] = ap == nullptr ? batch_std : ap[anum == 1 ? 0 : r] + w * batch_std;
+      scalep[r] = at_row(sp, snum, r) * sigmap[r];
+      forward_span(row, op + r * cols, cols, scalep[r], o, lower, upper);
+    }
+  });
+  return {out, mean, std, sigma, scale};
+}
+
+// Backward of standardized_rows_forward, one row at a time: the grid's pass
+// (gx = g m, Σ g (q - m t), Σ g (1 - m)), then the std's share added in place,
+// gx += k_r (x - o - mean_r) with k_r = [std_r >= ε] w s'_r Σ g (q - m t) / (max(std_r, ε) (N - 1)).
+// Without need_x only the sums. Returns {gx or undefined, Σ g (q - m t), Σ g (1 - m), Σ k (x - o - mean)}.
+std::vector<at::Tensor> standardized_rows_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& step,
+                                                   const c10::optional<at::Tensor>& offset, const at::Tensor& mean,
+                                                   const at::Tensor& std, const at::Tensor& scale, double weight,
+                                                   double epsilon, double lower, double upper, bool need_x) {
+  check_input(grad, "grad");
+  check_input(x, "x");
+  check_input(step, "step");
+  if (offset.has_value()) check_input(*offset, "offset");
+  TORCH_CHECK(grad.sizes() == x.sizes() && x.dim() > 1, "grad and x must have the same shape, with a leading channel dim");
+  int64_t rows = x.size(0), cols = x.numel() / rows;
+  TORCH_CHECK(mean.numel() == rows && std.numel() == rows && scale.numel() == rows, "one mean, std and scale per row");
+  at::Tensor grad_x = need_x ? at::empty_like(x) : at::Tensor();
+  auto options = x.options();
+  at::Tensor residual = at::empty({rows}, options), outside = at::empty({rows}, options), std_sums = at::empty({rows}, options);
+  const float* gp = grad.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  float* gxp = need_x ? grad_x.data_ptr<float>() : nullptr;
+  const float* sp = step.data_ptr<float>();
+  const float* offp = offset.has_value() ? offset->data_ptr<float>() : nullptr;
+  int64_t snum = step.numel(), onum = offset.has_value() ? offset->numel() : 1;
+  const float* meanp = mean.data_ptr<float>();
+  const float* stdp = std.data_ptr<float>();
+  const float* scalep = scale.data_ptr<float>();
+  float* residualp = residual.data_ptr<float>();
+  float* outsidep = outside.data_ptr<float>();
+  float* sumsp = std_sums.data_ptr<float>();
+  const float w = static_cast<float>(weight), eps = static_cast<float>(epsilon);
+  const float count_less_one = static_cast<float>(cols - 1);
+  at::parallel_for(0, rows, std::max<int64_t>(1, kChunk / cols), [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      int64_t start = r * cols;
+      float o = at_row(offp, onum, r);
+      double row_residual, row_outside, row_sum;
+      backward_span(gp + start, xp + start, gxp == nullptr ? nullptr : gxp + start, cols, scalep[r], o, lower, upper,
+                    &row_residual, &row_outside);
+      residualp[r] = static_cast<float>(row_residual);
+      outsidep[r] = static_cast<float>(row_outside);
+      float grad_std = stdp[r] >= eps ? residualp[r] * at_row(sp, snum, r) * w : 0.f;
+      float coefficient = grad_std / (std::max(stdp[r], eps) * count_less_one);
+      std_backward_span(xp + start, gxp == nullptr ? nullptr : gxp + start, true, cols, o, meanp[r], coefficient, &row_sum);
+      sumsp[r] = static_cast<float>(row_sum);
+    }
+  });
+  return {grad_x, residual, outside, std_sums};
+}
 """
 
-_FUNCTIONS = ["fake_quantize_forward", "fake_quantize_backward", "std_forward", "std_backward"]
+_FUNCTIONS = [
+    "fake_quantize_forward",
+    "fake_quantize_backward",
+    "std_forward",
+    "std_backward",
+    "standardized_rows_forward",
+    "standardized_rows_backward",
+]
 
 _lock = threading.Lock()
 _module = None

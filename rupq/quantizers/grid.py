@@ -235,7 +235,9 @@ class StandardizedLsqFakeQuantize(torch.autograd.Function):
     being one function, the backward adds the std's share of ``dL/dx``,
     ``dL/dstd · (x - o - mean) / ((N - 1) std)`` with ``dL/dstd = w [std >= ε] Σ g s' (q - m t)``,
     into the grid's ``dL/dx`` in place, instead of autograd adding two full-size gradients.
-    C++ kernels only (:func:`cpu_kernels.for_tensors` must accept the tensors).
+    With one σ per channel (weights) the kernels take one row at a time, so the row stays in
+    cache from the std's pass to the grid's. C++ kernels only (:func:`cpu_kernels.for_tensors`
+    must accept the tensors).
 
     Returns ``(out, σ)``; ``σ`` carries no gradient (it is for the EMA update).
     """
@@ -244,11 +246,18 @@ class StandardizedLsqFakeQuantize(torch.autograd.Function):
     def forward(ctx, x, raw_step, offset, ema_term, weight: float, rows: int, sigma_shape, n: int, p: int, factor: float):
         step = _scaled_step_value(raw_step, factor)
         kernels = ctx.kernels = cpu_kernels.kernels()
-        mean, std = kernels.std_forward(x, cpu_kernels.flat(offset), rows)
-        batch_std = std.clamp_min(SIGMA_EPSILON).reshape(sigma_shape)
-        sigma = batch_std if ema_term is None else ema_term + weight * batch_std
-        scale = _folded_scale(step, sigma)
-        out = kernels.fake_quantize_forward(x, cpu_kernels.flat(scale), cpu_kernels.flat(offset), n, p)
+        flat_offset = cpu_kernels.flat(offset)
+        if rows > 1:
+            out, mean, std, sigma, scale = kernels.standardized_rows_forward(
+                x, cpu_kernels.flat(step), flat_offset, cpu_kernels.flat(ema_term), weight, SIGMA_EPSILON, n, p
+            )
+            sigma = sigma.reshape(sigma_shape)
+        else:
+            mean, std = kernels.std_forward(x, flat_offset, rows)
+            batch_std = std.clamp_min(SIGMA_EPSILON).reshape(sigma_shape)
+            sigma = batch_std if ema_term is None else ema_term + weight * batch_std
+            scale = _folded_scale(step, sigma)
+            out = kernels.fake_quantize_forward(x, cpu_kernels.flat(scale), flat_offset, n, p)
         ctx.n, ctx.p, ctx.weight, ctx.epsilon, ctx.factor = n, p, weight, SIGMA_EPSILON, factor
         ctx.save_for_backward(x, raw_step, step, offset, mean, std, sigma, scale)
         ctx.mark_non_differentiable(sigma)
@@ -259,21 +268,24 @@ class StandardizedLsqFakeQuantize(torch.autograd.Function):
         x, raw_step, step, offset, mean, std, sigma, scale = ctx.saved_tensors
         need_x, need_step, need_offset = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         kernels = ctx.kernels
-        grad = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
+        grad = (grad_out if grad_out.dtype == torch.float32 else grad_out.float()).contiguous()
         flat_offset = cpu_kernels.flat(offset)
-        grad_x, residual, outside_sums = kernels.fake_quantize_backward(
-            grad.contiguous(), x, cpu_kernels.flat(scale), flat_offset, ctx.n, ctx.p, need_x
-        )
         rows = std.numel()
-        count = x.numel() // rows
-        # dL/dσ per row of σ (the grid may have one row per channel where σ has one for all),
-        # through the EMA mixing and max(std, ε), into the std's coefficient.
-        grad_std = residual * step.reshape(-1) * ctx.weight
-        if grad_std.numel() != rows:
-            grad_std = grad_std.sum().reshape(1)
-        grad_std = torch.where(std >= ctx.epsilon, grad_std, 0.0)
-        coefficient = grad_std / (std.clamp_min(ctx.epsilon) * (count - 1))
-        _, std_sums = kernels.std_backward(x, flat_offset, mean, coefficient, grad_x if need_x else None)
+        if rows > 1:
+            grad_x, residual, outside_sums, std_sums = kernels.standardized_rows_backward(
+                grad, x, cpu_kernels.flat(step), flat_offset, mean, std, scale.reshape(-1), ctx.weight, ctx.epsilon,
+                ctx.n, ctx.p, need_x,
+            )
+        else:
+            grad_x, residual, outside_sums = kernels.fake_quantize_backward(
+                grad, x, cpu_kernels.flat(scale), flat_offset, ctx.n, ctx.p, need_x
+            )
+            # dL/dσ (the grid may have one row per channel where σ has one for all), through the
+            # EMA mixing and max(std, ε), into the std's coefficient.
+            grad_std = (residual * step.reshape(-1) * ctx.weight).sum().reshape(1)
+            grad_std = torch.where(std >= ctx.epsilon, grad_std, 0.0)
+            coefficient = grad_std / (std.clamp_min(ctx.epsilon) * (x.numel() - 1))
+            _, std_sums = kernels.std_backward(x, flat_offset, mean, coefficient, grad_x if need_x else None)
         grad_step = grad_offset = None
         if need_step:
             grad_step = _raw_step_gradient(_sum_to(residual * sigma.reshape(-1), step.shape), raw_step, ctx.factor)
@@ -326,6 +338,8 @@ def lsq_quantize(
     does (``x_numel`` as there).
     """
     factor = step_gradient_scale(x.numel() if x_numel is None else x_numel, step.numel(), positive_clip)
+    if not torch.is_grad_enabled():  # validation: the same values without the autograd function
+        return fake_quantize_values(x, _scaled_step_value(step, factor), negative_clip, positive_clip, sigma, offset)
     return LsqFakeQuantize.apply(x, step, sigma, offset, negative_clip, positive_clip, factor)
 
 

@@ -82,7 +82,12 @@ class QuantModule(nn.Module):
         return self.module.bias
 
     def _cache_key(self) -> tuple:
-        tensors = [self.module.weight, *self.quantizer.weight_quantizer.parameters(), *self.quantizer.weight_quantizer.buffers()]
+        # The tensors the quantized weight depends on, read from the modules' own dicts:
+        # parameters()/buffers() walk generators, several times this lookup's cost per layer.
+        weight_quantizer = self.quantizer.weight_quantizer
+        tensors = [self.module.weight, *weight_quantizer._parameters.values(), *weight_quantizer._buffers.values()]
+        if weight_quantizer.transformation is not None:
+            tensors += weight_quantizer.transformation._buffers.values()
         return tuple((t.data_ptr(), t._version) for t in tensors)
 
     def quantized_weight(self) -> torch.Tensor:

@@ -24,6 +24,7 @@ TRANSFORMATIONS = {
     "none": lambda: None,
     "weight_std": lambda: Standardization(dim=[1, 2, 3]),
     "weight_std_frozen": lambda: Standardization(dim=[1, 2, 3], trainable=False),
+    "weight_std_ema": lambda: Standardization(dim=[1, 2, 3], momentum=0.5, std_init=1.0),
     "tensor_std": lambda: Standardization(),
     "ema": lambda: Standardization(momentum=0.9, std_init=1.0),
     "ema_first_batch": lambda: Standardization(momentum=0.9),
