@@ -598,8 +598,11 @@ def write_report(rows: list[dict], args, budget: Budget, started: float, load: l
               "the cosine `T_max` (= epochs × iterations per epoch, i.e. the same whole-schedule cosine as on "
               "ImageNet) and the step milestones (same fraction of training), and `seed:`; the TensorBoard "
               "picture callback `QuantImagesCallback` is left out (visualization only; `QuantVarsCallback` "
-              "still logs the quantizer variables). The derived files "
-              f"are kept in `{args.logdir}/configs/`.", ""]
+              "still logs the quantizer variables)."
+              + (f" The FP EDSR's Adam learning rate is {budget.sr_fp_lr} instead of the seed's 1e-4, which is "
+                 "made for 300 000 iterations: a few hundred at 1e-4 leave the small EDSR below bicubic "
+                 "(the quantized SR runs keep the seed's rates)." if budget.sr_fp_lr is not None else "")
+              + f" The derived files are kept in `{args.logdir}/configs/`.", ""]
     lines += ["Regenerate:", "", "```bash", args.command_line, "```", ""]
 
     lines += ["## The paper's experiments on the real datasets", ""]

@@ -122,11 +122,8 @@ class QuantModule(nn.Module):
         quantized, tangents = input_quantizer.linearize(x)
         weight = self.quantized_weight()
         out = self._layer(quantized, weight, self.bias)
-        fixed_weight = weight.detach()
-        parameters_and_jacobians = []
-        for parameter, tangent in tangents:
-            parameters_and_jacobians += [parameter, self._layer(tangent.to(quantized.dtype), fixed_weight, None)]
-        return _ParameterJacobians.apply(out, *parameters_and_jacobians)
+        parameters = [parameter for parameter, _ in tangents]
+        return _InputParameterGradients.apply(out, self, weight.detach(), [tangent for _, tangent in tangents], *parameters)
 
     def _input_is_fixed(self, x: torch.Tensor) -> bool:
         """Training on an input without gradient (images into a network's first layer).
@@ -139,41 +136,78 @@ class QuantModule(nn.Module):
         quantizer = self.quantizer.input_quantizer
         return torch.is_grad_enabled() and not x.requires_grad and quantizer.initialized and quantizer.step.requires_grad
 
+    def _tangent_contraction(self, grad_out: torch.Tensor, tangent: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``Σ dL/dout · layer(T)`` for an input tangent ``T`` (no bias: ``out`` is linear in its input)."""
+        return torch.dot(grad_out.reshape(-1).float(), self._layer(tangent.to(weight.dtype), weight, None).reshape(-1).float())
+
     def _layer(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
 
-class _ParameterJacobians(torch.autograd.Function):
-    """``out`` unchanged; each parameter ``θ_k`` gets the gradient ``Σ dL/dout · J_k``.
+class _InputParameterGradients(torch.autograd.Function):
+    """``out`` unchanged; each scalar parameter ``θ_k`` of the input quantizer gets the gradient
+    ``Σ dL/dout · layer(T_k)`` with ``T_k = ∂x_q/∂θ_k`` (:meth:`QuantModule._tangent_contraction`).
 
-    Called as ``apply(out, θ_1, J_1, θ_2, J_2, ...)`` with ``J_k = ∂out/∂θ_k`` computed by the
-    caller (shape of ``out``); sums run over the elements that share one entry of ``θ_k``.
+    Called as ``apply(out, layer, weight, [T_1, T_2, ...], θ_1, θ_2, ...)``.
     """
 
     @staticmethod
-    def forward(ctx, out, *parameters_and_jacobians):
-        parameters = parameters_and_jacobians[0::2]
+    def forward(ctx, out, layer, weight, tangents, *parameters):
+        ctx.layer = layer
         ctx.shapes = [parameter.shape for parameter in parameters]
-        ctx.save_for_backward(*parameters_and_jacobians[1::2])
+        ctx.save_for_backward(weight, *tangents)
         return out.view_as(out)
 
     @staticmethod
     def backward(ctx, grad_out):
-        gradients = [None]
-        for shape, jacobian in zip(ctx.shapes, ctx.saved_tensors):
-            if shape.numel() == 1:
-                gradient = torch.dot(grad_out.reshape(-1).float(), jacobian.reshape(-1).float()).reshape(shape)
-            else:
-                gradient = (grad_out.float() * jacobian.float()).sum_to_size(shape)
-            gradients += [gradient, None]
-        gradients[0] = grad_out
-        return tuple(gradients)
+        weight, *tangents = ctx.saved_tensors
+        gradients = [ctx.layer._tangent_contraction(grad_out, tangent, weight).reshape(shape)
+                     for tangent, shape in zip(tangents, ctx.shapes)]
+        return (grad_out, None, None, None, *gradients)
+
+
+#: A conv's tangent with at most this fraction of non-zeros (the LSQ+ offset's ``1 - m``: only
+#: the clipped pixels) is contracted at its non-zeros (:func:`conv_input_gradient_at`) on CPU.
+SPARSE_TANGENT_FRACTION = 0.01
+
+
+def conv_input_gradient_at(grad_out, weight, positions, stride, padding, dilation) -> torch.Tensor:
+    """``dL/dx`` of ``conv2d(x, weight)`` (groups 1, zero padding) at input ``positions`` ``[P, 4]``
+    (``n, c, h, w``), gathered from ``grad_out`` without the full transposed convolution:
+    ``Σ_{k, i, j} grad_out[n, k, (h + pad - i dil) / stride, ...] · weight[k, c, i, j]`` over the
+    taps that land on an output pixel.
+    """
+    n, c, h, w = positions.unbind(1)
+    out_h, out_w = grad_out.shape[2:]
+    taps_h = torch.arange(weight.shape[2], device=weight.device)
+    taps_w = torch.arange(weight.shape[3], device=weight.device)
+    offset_h = h[:, None] + padding[0] - taps_h * dilation[0]  # [P, kh]
+    offset_w = w[:, None] + padding[1] - taps_w * dilation[1]  # [P, kw]
+    valid_h = (offset_h % stride[0] == 0) & (offset_h >= 0) & (offset_h < out_h * stride[0])
+    valid_w = (offset_w % stride[1] == 0) & (offset_w >= 0) & (offset_w < out_w * stride[1])
+    rows = (offset_h // stride[0]).clamp_(0, out_h - 1)
+    cols = (offset_w // stride[1]).clamp_(0, out_w - 1)
+    # Advanced indices split by a slice: the broadcast [P, kh, kw] dims come first, channels last.
+    gathered = grad_out[n[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [P, kh, kw, K]
+    taps = weight[:, c].permute(1, 2, 3, 0)  # [P, kh, kw, K]
+    valid = valid_h[:, :, None] & valid_w[:, None, :]
+    return ((gathered.float() * taps.float()).sum(-1) * valid).sum((1, 2))
 
 
 class QuantConv2d(QuantModule):
     """``conv2d(quantize(x), quantize(w))`` with the wrapped ``Conv2d``'s bias, stride, padding, dilation and groups."""
 
     wrapped_type = nn.Conv2d
+
+    def _tangent_contraction(self, grad_out: torch.Tensor, tangent: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        conv = self.module
+        # Sparse tangents on CPU only: counting the non-zeros would make a GPU wait for the host.
+        if tangent.device.type == "cpu" and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
+            if int(torch.count_nonzero(tangent)) <= SPARSE_TANGENT_FRACTION * tangent.numel():
+                positions = tangent.nonzero()
+                gradient_at = conv_input_gradient_at(grad_out, weight, positions, conv.stride, conv.padding, conv.dilation)
+                return torch.dot(tangent[positions.unbind(1)].float(), gradient_at)
+        return super()._tangent_contraction(grad_out, tangent, weight)
 
     def _layer(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         conv = self.module

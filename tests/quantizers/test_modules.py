@@ -7,6 +7,7 @@ from kernel_paths import kernel_path  # noqa: F401 (fixture)
 from torch import nn
 
 from rupq.errors import ConfigError
+from rupq.quantizers import modules
 from rupq.quantizers import (
     MeanStdInitializer,
     MinErrorInitializer,
@@ -134,7 +135,7 @@ def test_autocast_forward_and_backward():
 
 
 def _first_layer_cases():
-    for layer in ("conv", "conv_reflect", "linear"):
+    for layer in ("conv", "conv_sparse_tangents", "conv_reflect", "linear"):
         for input_quantizer in ("lsq", "lsqplus", "rupq"):
             yield layer, input_quantizer
 
@@ -156,9 +157,12 @@ def _first_layer(layer, input_quantizer):
 
 @pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("layer,input_quantizer", list(_first_layer_cases()))
-def test_input_without_gradient_gives_the_plain_autograd_gradients(layer, input_quantizer):
+def test_input_without_gradient_gives_the_plain_autograd_gradients(layer, input_quantizer, monkeypatch):
     """A first layer (input without gradient) takes the linearized path; the plain one is the
     path the chain-of-ops oracle is compared on. Same outputs, same gradients, over several steps."""
+    if layer == "conv_sparse_tangents":  # every tangent through the gathered input gradient
+        monkeypatch.setattr(modules, "SPARSE_TANGENT_FRACTION", 1.0)
+        layer = "conv"
     torch.manual_seed(0)
     fast = _first_layer(layer, input_quantizer)
     plain = copy.deepcopy(fast)
@@ -201,3 +205,15 @@ def test_input_with_gradient_or_without_autograd_takes_the_plain_path():
         assert not layer._input_is_fixed(x)
     layer.quantizer.input_quantizer.step.requires_grad_(False)
     assert not layer._input_is_fixed(x)
+
+
+@pytest.mark.parametrize("in_channels,kernel,stride,padding,dilation", [(3, 7, 2, 3, 1), (4, 3, 1, 1, 1), (2, 3, 2, 2, 2), (3, 5, 3, 0, 1)])
+def test_conv_input_gradient_at_positions_is_the_full_input_gradient_there(in_channels, kernel, stride, padding, dilation):
+    torch.manual_seed(0)
+    x = torch.randn(2, in_channels, 19, 20)
+    weight = torch.randn(6, in_channels, kernel, kernel)
+    grad_out = torch.randn_like(F.conv2d(x, weight, None, stride, padding, dilation))
+    full = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride, padding, dilation)
+    positions = torch.stack([torch.randint(0, size, (60,)) for size in x.shape], dim=1)
+    gathered = modules.conv_input_gradient_at(grad_out, weight, positions, (stride,) * 2, (padding,) * 2, (dilation,) * 2)
+    assert torch.allclose(gathered, full[positions.unbind(1)], rtol=1e-5, atol=1e-5)
