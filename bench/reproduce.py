@@ -258,8 +258,12 @@ def sr_config(method: str, bits: int | None, budget: Budget, seed: int, data_roo
 
 # ---- running ------------------------------------------------------------------------------------
 def finished_run(logdir: Path, config_text: str) -> Path | None:
-    """A version folder of ``logdir`` that finished with exactly this config (to reuse)."""
-    for version in sorted(logdir.glob("version_*")):
+    """The newest version folder of ``logdir`` that finished with exactly this config (to reuse).
+
+    Newest first, so that after ``--fresh`` the retrained run is the one reused and reported.
+    """
+    versions = [v for v in logdir.glob("version_*") if v.name.removeprefix("version_").isdigit()]
+    for version in sorted(versions, key=lambda v: int(v.name.removeprefix("version_")), reverse=True):
         if (version / "results.json").is_file() and (version / "config.yaml").read_text() == config_text:
             return version
     return None
@@ -315,33 +319,46 @@ def load_sr_demo_module():
     return module
 
 
+def train_from_fp(task: str, metric: str, seed: int, run_dir: Path, configs_dir: Path, args, fp_config: str,
+                  quantized_config, bit_widths, label) -> list[dict]:
+    """The FP run of one seed, then every method at every bit width from its ``model.ckpt``.
+
+    ``quantized_config(method, bits)`` gives a quantized run's config text; ``label(value, fp_value)``
+    the progress line's figures. Returns the report rows of the runs that finished.
+    """
+    common = dict(configs_dir=configs_dir, extra=args.device_args, env=None, fresh=args.fresh, quiet=args.quiet,
+                  report_only=args.report_only)
+
+    def row(method, bits, result):
+        return dict(task=task, method=method, bits=bits, seed=seed, value=result[metric], time_s=result["time_s"],
+                    wall_s=result["wall_s"], cpu_s=result["cpu_s"], run=result["version_dir"])
+
+    fp = run_training("fp", fp_config, run_dir / "fp", **common)
+    if fp is None:
+        return []
+    rows = [row("fp", 32, fp)]
+    load = ["--load", str(Path(fp["version_dir"]) / "model.ckpt"), *args.device_args]
+    for bits in bit_widths:
+        for method in METHODS:
+            name = f"w{bits}a{bits}_{method}"
+            result = run_training(name, quantized_config(method, bits), run_dir / name, **dict(common, extra=load))
+            if result is None:
+                continue
+            rows.append(row(method, bits, result))
+            print(f"[reproduce] {task} seed {seed} {name}: {label(result[metric], fp[metric])}", flush=True)
+    return rows
+
+
 def run_classification(args, budget: Budget, logdir: Path) -> list[dict]:
     rows = []
     for seed in args.seeds:
-        seed_dir = logdir / "fashion_mnist" / f"seed_{seed}"
-        common = dict(configs_dir=logdir / "configs" / "fashion_mnist" / f"seed_{seed}", extra=args.device_args,
-                      env=None, fresh=args.fresh, quiet=args.quiet,
-                      report_only=args.report_only)
-        fp = run_training("fp", classification_config("fp", None, budget, seed, args.fashion_root),
-                          seed_dir / "fp", **common)
-        if fp is None:
-            continue
-        rows.append(dict(task="classification", method="fp", bits=32, seed=seed, value=fp["best_val_accuracy"],
-                         time_s=fp["time_s"], wall_s=fp["wall_s"], cpu_s=fp["cpu_s"], run=fp["version_dir"]))
-        checkpoint = str(Path(fp["version_dir"]) / "model.ckpt")
-        for bits in CLASSIFICATION_RUN_ORDER:
-            for method in METHODS:
-                name = f"w{bits}a{bits}_{method}"
-                common_q = dict(common, extra=["--load", checkpoint, *args.device_args])
-                result = run_training(name, classification_config(method, bits, budget, seed, args.fashion_root),
-                                      seed_dir / name, **common_q)
-                if result is None:
-                    continue
-                rows.append(dict(task="classification", method=method, bits=bits, seed=seed,
-                                 value=result["best_val_accuracy"], time_s=result["time_s"],
-                                 wall_s=result["wall_s"], cpu_s=result["cpu_s"], run=result["version_dir"]))
-                print(f"[reproduce] seed {seed} {name}: top-1 {result['best_val_accuracy']:.2f} "
-                      f"(FP {fp['best_val_accuracy']:.2f})", flush=True)
+        rows += train_from_fp(
+            "classification", "best_val_accuracy", seed, logdir / "fashion_mnist" / f"seed_{seed}",
+            logdir / "configs" / "fashion_mnist" / f"seed_{seed}", args,
+            classification_config("fp", None, budget, seed, args.fashion_root),
+            lambda method, bits: classification_config(method, bits, budget, seed, args.fashion_root),
+            CLASSIFICATION_RUN_ORDER, lambda value, fp: f"top-1 {value:.2f} (FP {fp:.2f})",
+        )
     return rows
 
 
@@ -354,30 +371,15 @@ def run_superresolution(args, budget: Budget, logdir: Path) -> list[dict]:
     bicubic = demo.bicubic_psnr(data_root, SR_SCALE)
     rows = []
     for seed in args.sr_seeds:
-        seed_dir = logdir / "sr_demo_edsr" / f"seed_{seed}"
-        common = dict(configs_dir=logdir / "configs" / "sr_demo_edsr" / f"seed_{seed}", extra=args.device_args,
-                      env=None, fresh=args.fresh, quiet=args.quiet,
-                      report_only=args.report_only)
         rows.append(dict(task="superresolution", method="bicubic", bits=None, seed=seed, value=bicubic,
                          time_s=0.0, wall_s=0.0, cpu_s=0.0, run=str(data_root)))
-        fp = run_training("fp", sr_config("fp", None, budget, seed, data_root), seed_dir / "fp", **common)
-        if fp is None:
-            continue
-        rows.append(dict(task="superresolution", method="fp", bits=32, seed=seed, value=fp["best_val_PSNR"],
-                         time_s=fp["time_s"], wall_s=fp["wall_s"], cpu_s=fp["cpu_s"], run=fp["version_dir"]))
-        checkpoint = str(Path(fp["version_dir"]) / "model.ckpt")
-        for bits in SR_BITS:
-            for method in METHODS:
-                name = f"w{bits}a{bits}_{method}"
-                common_q = dict(common, extra=["--load", checkpoint, *args.device_args])
-                result = run_training(name, sr_config(method, bits, budget, seed, data_root), seed_dir / name, **common_q)
-                if result is None:
-                    continue
-                rows.append(dict(task="superresolution", method=method, bits=bits, seed=seed,
-                                 value=result["best_val_PSNR"], time_s=result["time_s"], wall_s=result["wall_s"],
-                                 cpu_s=result["cpu_s"], run=result["version_dir"]))
-                print(f"[reproduce] SR seed {seed} {name}: PSNR {result['best_val_PSNR']:.2f} dB "
-                      f"(FP {fp['best_val_PSNR']:.2f}, bicubic {bicubic:.2f})", flush=True)
+        rows += train_from_fp(
+            "superresolution", "best_val_PSNR", seed, logdir / "sr_demo_edsr" / f"seed_{seed}",
+            logdir / "configs" / "sr_demo_edsr" / f"seed_{seed}", args,
+            sr_config("fp", None, budget, seed, data_root),
+            lambda method, bits: sr_config(method, bits, budget, seed, data_root),
+            SR_BITS, lambda value, fp: f"PSNR {value:.2f} dB (FP {fp:.2f}, bicubic {bicubic:.2f})",
+        )
     return rows
 
 
