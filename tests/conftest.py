@@ -12,6 +12,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The suite runs the quantizer formula eagerly, in this process and in the runs it starts:
+# compiling its graphs costs tens of seconds on a 2-core machine. The compiled path has its own
+# tests (tests/quantizers/formula_paths.py and the tests that use it).
+os.environ.setdefault("RUPQ_COMPILE", "0")
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write ``array`` (uint8) as a gzipped idx file, the MNIST/Fashion-MNIST format."""

@@ -35,6 +35,11 @@ class ModuleQuantizer(nn.Module):
             )
         self.input_quantizer.configure(input_bit_width, half_wave, [], [])
         weight_transformation = self.weight_quantizer.transformation
+        if self.weight_quantizer.per_channel and weight_transformation is not None and weight_transformation.dim is None:
+            raise ConfigError(
+                f"layer '{layer_name}': a per-channel weight step needs a per-channel Standardization "
+                f"(dim: {list(range(1, len(weight_shape)))}), got dim: null"
+            )
         sigma_shape = [] if weight_transformation is None else weight_transformation.sigma_shape(weight_shape)
         step_shape = [weight_shape[0]] + [1] * (len(weight_shape) - 1) if self.weight_quantizer.per_channel else []
         self.weight_quantizer.configure(weight_bit_width, False, step_shape, sigma_shape)
@@ -52,9 +57,6 @@ class QuantModule(nn.Module):
     """
 
     wrapped_type: type[nn.Module] = nn.Module
-    #: Whether training on an input without gradient takes the linearized path (``_input_is_fixed``).
-    #: The tests' chain-of-ops oracle turns it off to run every layer on plain autograd.
-    linearize_fixed_input = True
 
     def __init__(self, quantizer: ModuleQuantizer):
         super().__init__()
@@ -92,7 +94,8 @@ class QuantModule(nn.Module):
 
     def quantized_weight(self) -> torch.Tensor:
         weight_quantizer = self.quantizer.weight_quantizer
-        if self.training or torch.is_grad_enabled() or not weight_quantizer.initialized:
+        # Inside a compiled model the graph quantizes the weight itself (tensor versions are not traceable).
+        if self.training or torch.is_grad_enabled() or not weight_quantizer.initialized or torch.compiler.is_compiling():
             self._weight_cache = None
             return weight_quantizer(self.module.weight)
         key = self._cache_key()
@@ -116,98 +119,16 @@ class QuantModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "module"):
             raise RuntimeError(f"{type(self).__name__} prototype has no layer; ModelParser attaches one")
-        input_quantizer = self.quantizer.input_quantizer
-        if not (self.linearize_fixed_input and self._input_is_fixed(x)):
-            return self._layer(input_quantizer(x), self.quantized_weight(), self.bias)
-        quantized, tangents = input_quantizer.linearize(x)
-        weight = self.quantized_weight()
-        out = self._layer(quantized, weight, self.bias)
-        parameters = [parameter for parameter, _ in tangents]
-        return _InputParameterGradients.apply(out, self, weight.detach(), [tangent for _, tangent in tangents], *parameters)
-
-    def _input_is_fixed(self, x: torch.Tensor) -> bool:
-        """Training on an input without gradient (images into a network's first layer).
-
-        The input quantizer's parameters still need ``dL/dx_q`` contracted with ``∂x_q/∂θ``.
-        Autograd would get it from the full input gradient of the layer, which for a conv
-        on 3 channels costs several times its forward pass; ``Σ dL/dout · layer(∂x_q/∂θ)``
-        is the same number (the layer is linear in its input) for one forward pass per parameter.
-        """
-        quantizer = self.quantizer.input_quantizer
-        return torch.is_grad_enabled() and not x.requires_grad and quantizer.initialized and quantizer.step.requires_grad
-
-    def _tangent_contraction(self, grad_out: torch.Tensor, tangent: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``Σ dL/dout · layer(T)`` for an input tangent ``T`` (no bias: ``out`` is linear in its input)."""
-        return torch.dot(grad_out.reshape(-1).float(), self._layer(tangent.to(weight.dtype), weight, None).reshape(-1).float())
+        return self._layer(self.quantizer.input_quantizer(x), self.quantized_weight(), self.bias)
 
     def _layer(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
-
-
-class _InputParameterGradients(torch.autograd.Function):
-    """``out`` unchanged; each scalar parameter ``θ_k`` of the input quantizer gets the gradient
-    ``Σ dL/dout · layer(T_k)`` with ``T_k = ∂x_q/∂θ_k`` (:meth:`QuantModule._tangent_contraction`).
-
-    Called as ``apply(out, layer, weight, [T_1, T_2, ...], θ_1, θ_2, ...)``.
-    """
-
-    @staticmethod
-    def forward(ctx, out, layer, weight, tangents, *parameters):
-        ctx.layer = layer
-        ctx.shapes = [parameter.shape for parameter in parameters]
-        ctx.save_for_backward(weight, *tangents)
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        weight, *tangents = ctx.saved_tensors
-        gradients = [ctx.layer._tangent_contraction(grad_out, tangent, weight).reshape(shape)
-                     for tangent, shape in zip(tangents, ctx.shapes)]
-        return (grad_out, None, None, None, *gradients)
-
-
-#: A conv's tangent with at most this fraction of non-zeros (the LSQ+ offset's ``1 - m``: only
-#: the clipped pixels) is contracted at its non-zeros (:func:`conv_input_gradient_at`) on CPU.
-SPARSE_TANGENT_FRACTION = 0.01
-
-
-def conv_input_gradient_at(grad_out, weight, positions, stride, padding, dilation) -> torch.Tensor:
-    """``dL/dx`` of ``conv2d(x, weight)`` (groups 1, zero padding) at input ``positions`` ``[P, 4]``
-    (``n, c, h, w``), gathered from ``grad_out`` without the full transposed convolution:
-    ``Σ_{k, i, j} grad_out[n, k, (h + pad - i dil) / stride, ...] · weight[k, c, i, j]`` over the
-    taps that land on an output pixel.
-    """
-    n, c, h, w = positions.unbind(1)
-    out_h, out_w = grad_out.shape[2:]
-    taps_h = torch.arange(weight.shape[2], device=weight.device)
-    taps_w = torch.arange(weight.shape[3], device=weight.device)
-    offset_h = h[:, None] + padding[0] - taps_h * dilation[0]  # [P, kh]
-    offset_w = w[:, None] + padding[1] - taps_w * dilation[1]  # [P, kw]
-    valid_h = (offset_h % stride[0] == 0) & (offset_h >= 0) & (offset_h < out_h * stride[0])
-    valid_w = (offset_w % stride[1] == 0) & (offset_w >= 0) & (offset_w < out_w * stride[1])
-    rows = (offset_h // stride[0]).clamp_(0, out_h - 1)
-    cols = (offset_w // stride[1]).clamp_(0, out_w - 1)
-    # Advanced indices split by a slice: the broadcast [P, kh, kw] dims come first, channels last.
-    gathered = grad_out[n[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [P, kh, kw, K]
-    taps = weight[:, c].permute(1, 2, 3, 0)  # [P, kh, kw, K]
-    valid = valid_h[:, :, None] & valid_w[:, None, :]
-    return ((gathered.float() * taps.float()).sum(-1) * valid).sum((1, 2))
 
 
 class QuantConv2d(QuantModule):
     """``conv2d(quantize(x), quantize(w))`` with the wrapped ``Conv2d``'s bias, stride, padding, dilation and groups."""
 
     wrapped_type = nn.Conv2d
-
-    def _tangent_contraction(self, grad_out: torch.Tensor, tangent: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        conv = self.module
-        # Sparse tangents on CPU only: counting the non-zeros would make a GPU wait for the host.
-        if tangent.device.type == "cpu" and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
-            if int(torch.count_nonzero(tangent)) <= SPARSE_TANGENT_FRACTION * tangent.numel():
-                positions = tangent.nonzero()
-                gradient_at = conv_input_gradient_at(grad_out, weight, positions, conv.stride, conv.padding, conv.dilation)
-                return torch.dot(tangent[positions.unbind(1)].float(), gradient_at)
-        return super()._tangent_contraction(grad_out, tangent, weight)
 
     def _layer(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         conv = self.module

@@ -13,19 +13,13 @@ import torch.distributed as dist
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers.grid import (
-    integer_range,
-    learnable_step,
-    lsq_quantize,
-    lsq_tangents,
-    standardized_lsq_quantize,
-)
+from rupq.quantizers.fake_quantize import integer_range, quantize, row_std, sigma_rule, step_gradient_scale
 from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
 from rupq.quantizers.transformations import Standardization
 
 
 class StepQuantizer(nn.Module):
-    """Fake-quantizer with a learnable step on the LSQ grid (see :mod:`rupq.quantizers.grid`).
+    """Fake-quantizer with a learnable step on the LSQ grid (the formula: :mod:`rupq.quantizers.fake_quantize`).
 
     Args:
         initializer: computes the first step from the first tensor.
@@ -81,12 +75,18 @@ class StepQuantizer(nn.Module):
         return None
 
     @torch.no_grad()
-    def _initialize(self, x: torch.Tensor, sigma: torch.Tensor | None, offset: torch.Tensor | None) -> None:
-        quantized_input = x.float()
-        if offset is not None:
-            quantized_input = quantized_input - offset
-        if sigma is not None:
-            quantized_input = quantized_input / sigma
+    def _initialize(self, rows: torch.Tensor, offset: torch.Tensor | None) -> None:
+        """The first step, from the tensor the grid quantizes: ``(x - o) / σ`` (σ by the training rule)."""
+        quantized_input = rows.float() if offset is None else rows.float() - offset
+        if self.transformation is not None:
+            std, _ = row_std(quantized_input)
+            quantized_input = quantized_input / sigma_rule(std, self.transformation.ema_std.reshape(-1, 1), self.transformation.momentum)
+        self.initialize_from(quantized_input)
+
+    @torch.no_grad()
+    def initialize_from(self, quantized_input: torch.Tensor) -> None:
+        """Set the step from the initializer on ``quantized_input`` (the tensor the grid sees;
+        its leading dim is the channels of a per-channel step) and record its range; once."""
         self.min_value.copy_(quantized_input.min())
         self.max_value.copy_(quantized_input.max())
         step = self.initializer(quantized_input, self.negative_clip, self.positive_clip, list(self.step.shape))
@@ -104,49 +104,30 @@ class StepQuantizer(nn.Module):
         return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype)
 
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(out in float32, the σ it used or None)``; initialises on the first call, updates the EMA."""
+        """``(out in float32, the σ it used or None)``; initialises on the first call, updates the EMA.
+
+        The formula sees ``x`` as ``[rows, K]``: one row per output channel where the step or σ
+        is per channel, else one row (whatever the layer type, so that one compiled graph serves).
+        """
         if self.bit_width is None:
             raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
-        offset = self._offset()
         transformation = self.transformation
-        mixing = None if transformation is None or not self._initialized else transformation.fused_mixing(x, offset)
-        if mixing is not None:
-            # σ and the grid in one function (C++ CPU kernels): see StandardizedLsqFakeQuantize.
-            ema_term, weight, rows = mixing
-            quantized, sigma = standardized_lsq_quantize(
-                x, self.step, self.negative_clip, self.positive_clip, ema_term, weight, rows,
-                transformation.sigma_shape(list(x.shape)), offset, x.numel() * self.batch_shards,
-            )
-            transformation.update_ema(sigma)
-            return quantized, sigma
-        sigma = None if transformation is None else transformation.sigma(x, offset)
-        if not self._initialized:
-            self._initialize(x, sigma, offset)
-        quantized = lsq_quantize(
-            x, self.step, self.negative_clip, self.positive_clip, sigma, offset, x.numel() * self.batch_shards
-        )
-        return quantized, sigma
-
-    def linearize(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """For an ``x`` that carries no gradient: ``(out, [(θ, ∂out/∂θ), ...])``.
-
-        ``out`` equals ``self(x)`` but has no autograd graph; each ``θ`` is a scalar with the
-        graph to this quantizer's parameters (``c = s' σ``, and the offset of LSQ+) and
-        ``∂out/∂θ`` its per-element derivative (:func:`lsq_tangents`). With ``x`` fixed, σ
-        carries no gradient, so these are all the paths from the loss to the parameters.
-        """
-        # Not under no_grad: σ of a data-parallel batch is all-reduced in training steps only.
-        quantized, sigma = self._quantize(x)
-        quantized = quantized.detach()
-        scale = learnable_step(self.step, x.numel() * self.batch_shards, self.positive_clip)
-        if sigma is not None:
-            scale = scale * sigma.detach()
+        per_row = self.per_channel or (transformation is not None and transformation.dim is not None)
+        rows = x.reshape(x.shape[0] if per_row else 1, -1)
         offset = self._offset()
-        scale_tangent, offset_tangent = lsq_tangents(x, scale, self.negative_clip, self.positive_clip, offset)
-        pairs = [(scale, scale_tangent)]
         if offset is not None:
-            pairs.append((offset, offset_tangent))
-        return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype), pairs
+            offset = offset.reshape(-1, 1)
+        sigma_arguments = {} if transformation is None else transformation.formula_arguments(rows, offset)
+        if not self._initialized:
+            self._initialize(rows, offset)
+        grad_scale = step_gradient_scale(x.numel() * self.batch_shards, self.step.numel(), self.positive_clip)
+        with torch.autocast(x.device.type, enabled=False):  # the quantizer math stays in float32
+            quantized, sigma = quantize(
+                rows, self.step.reshape(-1, 1), self.negative_clip, self.positive_clip, grad_scale, offset, **sigma_arguments
+            )
+        if transformation is not None and self.training:
+            transformation.update_ema(sigma)
+        return quantized.reshape(x.shape), sigma
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

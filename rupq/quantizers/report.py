@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from rupq.quantizers.fake_quantize import quantize
 from rupq.quantizers.modules import QuantModule
 from rupq.quantizers.quantizers import StepQuantizer
 from rupq.quantizers.transformations import Standardization
@@ -52,7 +53,7 @@ def initialize_quantizers(model: nn.Module, *inputs) -> None:
         for standardization in standardizations:
             standardization.freeze_ema = True
         model.train()
-        with torch.random.fork_rng(devices=cuda_devices):
+        with torch.random.fork_rng(devices=cuda_devices), quantize.eagerly():
             model(*inputs)
     finally:
         for standardization in standardizations:

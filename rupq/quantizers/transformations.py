@@ -1,100 +1,20 @@
-"""RUPQ's standardization: quantize ``x / σ`` and multiply the result back by ``σ``.
+"""RUPQ's standardization: the state behind σ (its EMA) and which σ rule a step uses.
 
-With ``σ`` the (unbiased) standard deviation, the step lives in standardized units of similar
-magnitude in every layer and channel, so Adam's update size (≈ learning rate) is the same
-*relative* update everywhere.
+The arithmetic (σ from the std, the EMA mixing, the ε guard) is in
+:mod:`rupq.quantizers.fake_quantize`; this module holds what a quantizer keeps between steps:
 
-- weights: ``σ = std(w, dim)`` with ``dim = [1, 2, 3]`` (conv) or ``[1]`` (linear), one per
-  output channel, ``momentum = 0`` (fresh each step);
-- activations: one scalar ``σ`` tracked as an exponential moving average; in training
-  ``σ_new = m · ema + (1 - m) · std(x)`` (the ema term carries no gradient), ``ema ← σ_new``;
-  in eval mode the stored ``ema`` (or the detached batch std when ``m == 0``).
-
-Gradient flows through ``σ`` (into ``x``) unless ``trainable`` is false.
-
-A constant tensor (a dead channel, an input collapsed to one value) has ``σ = 0``; σ is used as
-``max(σ, SIGMA_EPSILON)``, which leaves every real tensor's σ, and its gradient, unchanged.
+- weights: ``dim = [1, 2, 3]`` (conv) or ``[1]`` (linear): one σ per output channel,
+  ``momentum = 0`` (a fresh std each step);
+- activations: ``dim = None``: one σ, an exponential moving average with ``momentum``;
+- under DistributedDataParallel, training steps take the std of the global batch
+  (:func:`global_standard_deviation`), so that every process holds the same EMA.
 """
-
-import math
 
 import torch
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers import cpu_kernels
-
-#: Smallest σ divided by (see the module docstring).
-SIGMA_EPSILON = 1e-8
-
-
-class _StandardDeviation(torch.autograd.Function):
-    """Unbiased ``std(x - o)`` over ``dims`` in float32; ``o`` (an offset, or ``None``) broadcasts.
-
-    Two passes (mean, then the norm of the deviations); backward recomputes ``x - o - mean``
-    instead of keeping it. ``torch.std`` over inner dims is an order of magnitude slower on CPU,
-    and this runs on every weight at every training step. On contiguous float32 CPU tensors,
-    reducing all dims or all but the leading one, forward and backward are one pass each
-    through :mod:`rupq.quantizers.cpu_kernels` (float64 sums).
-
-    ``d std / d x = (x - o - mean) / ((N - 1) std)``, ``d std / d o = -Σ d std / d x``.
-    """
-
-    @staticmethod
-    def forward(ctx, x, offset, dims):
-        rows = _kernel_rows(x, offset, dims)
-        # Backward takes the path forward took (whatever RUPQ_NO_CPP_KERNELS says by then).
-        kernels = ctx.kernels = None if rows is None else cpu_kernels.for_tensors(x, offset)
-        if kernels is not None:
-            # One pass: float64 sums of (x - o) and its square per row.
-            mean, std = kernels.std_forward(x, cpu_kernels.flat(offset), rows)
-            reduced = {d % x.dim() for d in dims}
-            kept = [1 if d in reduced else size for d, size in enumerate(x.shape)]
-            mean, std = mean.reshape(kept), std.reshape(kept)
-            count = x.numel() // max(rows, 1)
-        else:
-            shifted = x.float() if offset is None else x.float() - offset
-            mean = shifted.mean(dims, keepdim=True)
-            count = shifted.numel() // mean.numel()
-            std = torch.linalg.vector_norm(shifted - mean, dim=dims, keepdim=True).div_(math.sqrt(count - 1))
-        ctx.dims, ctx.count, ctx.x_dtype = dims, count, x.dtype
-        ctx.save_for_backward(x, offset, mean, std)
-        return std
-
-    @staticmethod
-    def backward(ctx, grad_std):
-        x, offset, mean, std = ctx.saved_tensors
-        coefficient = grad_std / (std.clamp_min(SIGMA_EPSILON) * (ctx.count - 1))
-        need_offset = offset is not None and ctx.needs_input_grad[1]
-        kernels = ctx.kernels
-        if kernels is not None:
-            grad_x, sums = kernels.std_backward(
-                x, cpu_kernels.flat(offset), cpu_kernels.flat(mean), cpu_kernels.flat(coefficient), None
-            )
-            grad_offset = -sums.reshape(mean.shape).sum_to_size(offset.shape) if need_offset else None
-            return grad_x, grad_offset, None
-        # coefficient * (x - o - mean) as one multiply-add pass.
-        centre = mean if offset is None else mean + offset
-        grad_shifted = torch.addcmul(-(coefficient * centre), x.float(), coefficient)
-        grad_offset = None
-        if need_offset:
-            grad_offset = -grad_shifted.sum_to_size(offset.shape)
-        return grad_shifted.to(ctx.x_dtype), grad_offset, None
-
-
-def _kernel_rows(x: torch.Tensor, offset: torch.Tensor | None, dims: list[int]) -> int | None:
-    """Rows of the C++ std kernels for reducing ``dims`` (1 for all dims, ``C`` for all but the
-    leading one), or ``None`` when the reduction is another one."""
-    reduced = sorted(d % x.dim() for d in dims) if x.dim() else []
-    if reduced == list(range(x.dim())):
-        rows = 1
-    elif x.dim() > 1 and reduced == list(range(1, x.dim())):
-        rows = x.shape[0]
-    else:
-        return None
-    if offset is not None and offset.numel() not in (1, rows):
-        return None
-    return rows
+from rupq.quantizers.fake_quantize import SIGMA_EPSILON, row_std, sigma_rule
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -128,13 +48,6 @@ def global_standard_deviation(x: torch.Tensor, process_group, offset: torch.Tens
     total, squares, count = _AllReduceSum.apply(moments, process_group).unbind()
     variance = (squares - total * total / count) / (count - 1)
     return variance.clamp_min(SIGMA_EPSILON**2).sqrt().float()
-
-
-def standard_deviation(x: torch.Tensor, dims: list[int] | None, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """Unbiased std of ``x - offset`` over ``dims`` (all dims when ``None``), kept dims of size 1."""
-    all_dims = list(range(x.dim())) if dims is None else list(dims)
-    std = _StandardDeviation.apply(x, offset, all_dims).clamp_min(SIGMA_EPSILON)
-    return std.reshape([]) if dims is None else std
 
 
 class Standardization(nn.Module):
@@ -186,59 +99,50 @@ class Standardization(nn.Module):
                 f"Standardization: dim {self.dim} does not fit a tensor of {rank} dims (shape {list(tensor_shape)})"
             )
         dims = {d % rank for d in self.dim}
-        return [1 if i in dims else size for i, size in enumerate(tensor_shape)]
+        if dims != set(range(1, rank)):
+            raise ConfigError(
+                f"Standardization: dim {self.dim} on a tensor of {rank} dims: σ is either one for the whole "
+                f"tensor (dim: null) or one per output channel (dim: {list(range(1, rank))})"
+            )
+        return [tensor_shape[0]] + [1] * (rank - 1)
 
-    def sigma(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-        """σ of ``x - offset`` (float32); updates the EMA in training mode."""
-        if self.training or self.momentum == 0.0 or not self._ema_ready:
-            if self.process_group is not None and self.training and torch.is_grad_enabled():
-                batch_std = global_standard_deviation(x, self.process_group, offset)
-            else:
-                batch_std = standard_deviation(x, self.dim, offset)
-            if not self.trainable or not self.training:
-                batch_std = batch_std.detach()
-            if not self._ema_ready:
-                self.ema_std.copy_(batch_std.detach().reshape(self.ema_std.shape))
-                self.ema_std_initialized.fill_(True)
-                self._ema_ready = True
+    def formula_arguments(self, x: torch.Tensor, offset: torch.Tensor | None) -> dict:
+        """The σ rule for :func:`~rupq.quantizers.fake_quantize.fake_quantize` (``x`` as ``[rows, K]``).
+
+        Training: ``m · ema + (1 - m) · std(x - o)``, computed inside the formula (under DDP from
+        the global batch's std, computed here). Eval: the stored EMA, or the detached std when
+        ``m == 0``. On the very first tensor (no ``std_init``) its std initialises the EMA.
+        """
+        if not self._ema_ready:
+            std, _ = row_std(x.float() if offset is None else x.float() - offset)
+            self.initialize_ema(std)
         if not self.training:
-            return self.ema_std.detach() if self.momentum != 0.0 else batch_std
-        if self.momentum == 0.0:
-            sigma = batch_std
-        else:
-            sigma = (self.momentum * self.ema_std).detach() + (1.0 - self.momentum) * batch_std
-        self.update_ema(sigma)
-        return sigma
+            if self.momentum != 0.0:
+                return {"sigma": self.ema_std.detach().reshape(-1, 1)}
+            return {"standardize": True, "std_trainable": False}
+        if self.process_group is not None and torch.is_grad_enabled():
+            std = global_standard_deviation(x, self.process_group, offset)
+            if not self.trainable:
+                std = std.detach()
+            return {"sigma": sigma_rule(std, self.ema_std.reshape(-1, 1), self.momentum)}
+        return {
+            "standardize": True,
+            "ema": self.ema_std.reshape(-1, 1),
+            "momentum": self.momentum,
+            "std_trainable": self.trainable,
+        }
+
+    @torch.no_grad()
+    def initialize_ema(self, std: torch.Tensor) -> None:
+        """The EMA starts at the first tensor's std (when no ``std_init`` was given)."""
+        self.ema_std.copy_(std.reshape(self.ema_std.shape))
+        self.ema_std_initialized.fill_(True)
+        self._ema_ready = True
 
     def update_ema(self, sigma: torch.Tensor) -> None:
         """``ema ← σ`` of a training step (unless frozen)."""
         if not self.freeze_ema:
             self.ema_std.copy_(sigma.detach().reshape(self.ema_std.shape))
-
-    def fused_mixing(self, x: torch.Tensor, offset: torch.Tensor | None = None):
-        """``(a, w, rows)`` with this training step's ``σ = a + w · std(x - o)`` when the C++ CPU
-        kernels can compute σ inside the grid (``StandardizedLsqFakeQuantize``), else ``None``.
-
-        ``a = momentum · ema`` (detached; ``None`` without momentum), ``w = 1 - momentum``,
-        ``rows``: 1 for one σ, ``C`` for one per leading channel. ``σ`` of the fused function
-        then goes to :meth:`update_ema`.
-        """
-        if not (self.training and self.trainable and self._ema_ready and self.process_group is None):
-            return None
-        rows = _kernel_rows(x, offset, list(range(x.dim())) if self.dim is None else self.dim)
-        if rows is None or cpu_kernels.for_tensors(x, offset) is None:
-            return None
-        if self.momentum == 0.0:
-            return None, 1.0, rows
-        return (self.momentum * self.ema_std).detach(), 1.0 - self.momentum, rows
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x / σ, σ)``."""
-        sigma = self.sigma(x)
-        return x / sigma, sigma
-
-    def inverse(self, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return y * sigma
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

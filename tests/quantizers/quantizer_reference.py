@@ -1,7 +1,7 @@
 """The slow, obviously-correct oracle: SPEC §1 written as a chain of elementary torch ops.
 
-Every quantizer computation the framework fuses is checked against these functions, and
-``bench/bench_qat.py`` times them as "chain-of-ops reference". They follow the original
+Every path of :mod:`rupq.quantizers.fake_quantize` (eager and compiled) is checked against
+these functions. They follow the original
 implementation literally: ``torch.std``, ``torch.clamp`` with tensor bounds (half the gradient
 on a bound), the ``(s - s g).detach() + s g`` gradient scale and the ``(round(v) - v).detach() + v``
 straight-through estimator.
@@ -41,9 +41,7 @@ def reference_standardize(standardization, x, std_of=literal_std):
     if not standardization.trainable:
         std = std.detach()
     if not bool(standardization.ema_std_initialized):
-        standardization.ema_std.copy_(std.detach().reshape(standardization.ema_std.shape))
-        standardization.ema_std_initialized.fill_(True)
-        standardization._ema_ready = True
+        standardization.initialize_ema(std.detach())
     if not standardization.training:
         std = standardization.ema_std.detach() if standardization.momentum != 0.0 else std.detach()
         return x / std, std
@@ -62,7 +60,7 @@ def reference_quantize(quantizer, x, std_of=literal_std):
     if quantizer.transformation is not None:
         x, sigma = reference_standardize(quantizer.transformation, x, std_of)
     if not quantizer.initialized:
-        quantizer._initialize(x, None, None)
+        quantizer.initialize_from(x)
     out = reference_grid(x, quantizer.step, quantizer.negative_clip, quantizer.positive_clip)
     if sigma is not None:
         out = out * sigma
@@ -72,14 +70,9 @@ def reference_quantize(quantizer, x, std_of=literal_std):
 
 
 def install_reference(model: nn.Module) -> nn.Module:
-    """Make every quantizer of ``model`` run :func:`reference_quantize` instead of the fused path."""
+    """Make every quantizer of ``model`` run :func:`reference_quantize` instead of the formula."""
     from rupq.quantizers import quantizers_of
-    from rupq.quantizers.modules import QuantModule
 
     for _, quantizer in quantizers_of(model):
         quantizer.forward = types.MethodType(reference_quantize, quantizer)
-    for module in model.modules():
-        if isinstance(module, QuantModule):
-            # Every layer on plain autograd, including the first (see QuantModule._input_is_fixed).
-            module.linearize_fixed_input = False
     return model

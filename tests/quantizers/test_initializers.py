@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rupq.quantizers.grid import integer_range
+from rupq.quantizers.fake_quantize import integer_range
 from rupq.quantizers.initializers import MinErrorInitializer, candidate_steps
 
 

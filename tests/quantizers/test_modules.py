@@ -3,7 +3,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_paths import kernel_path  # noqa: F401 (fixture)
 from torch import nn
 
 from rupq.errors import ConfigError
@@ -132,88 +131,3 @@ def test_autocast_forward_and_backward():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert torch.isfinite(layer.quantizer.weight_quantizer.step.grad).all()
-
-
-def _first_layer_cases():
-    for layer in ("conv", "conv_sparse_tangents", "conv_reflect", "linear"):
-        for input_quantizer in ("lsq", "lsqplus", "rupq"):
-            yield layer, input_quantizer
-
-
-def _first_layer(layer, input_quantizer):
-    transformation = Standardization(momentum=0.9, std_init=1.0) if input_quantizer == "rupq" else None
-    quantizer_type = StepQuantizer if input_quantizer == "lsq" else StepOffsetQuantizer
-    weight_dims = [1] if layer == "linear" else [1, 2, 3]
-    quantizer = ModuleQuantizer(
-        input_quantizer=quantizer_type(MinErrorInitializer(n_iters=30), transformation),
-        weight_quantizer=StepQuantizer(MeanStdInitializer(), Standardization(dim=weight_dims), per_channel=True),
-    )
-    if layer == "linear":
-        return QuantLinear(quantizer).attach(nn.Linear(12, 5), 4, 4, False, "fc")
-    padding_mode = "reflect" if layer == "conv_reflect" else "zeros"
-    conv = nn.Conv2d(3, 8, 5, stride=2, padding=2, padding_mode=padding_mode)
-    return QuantConv2d(quantizer).attach(conv, 4, 4, False, "conv1")
-
-
-@pytest.mark.usefixtures("kernel_path")
-@pytest.mark.parametrize("layer,input_quantizer", list(_first_layer_cases()))
-def test_input_without_gradient_gives_the_plain_autograd_gradients(layer, input_quantizer, monkeypatch):
-    """A first layer (input without gradient) takes the linearized path; the plain one is the
-    path the chain-of-ops oracle is compared on. Same outputs, same gradients, over several steps."""
-    if layer == "conv_sparse_tangents":  # every tangent through the gathered input gradient
-        monkeypatch.setattr(modules, "SPARSE_TANGENT_FRACTION", 1.0)
-        layer = "conv"
-    torch.manual_seed(0)
-    fast = _first_layer(layer, input_quantizer)
-    plain = copy.deepcopy(fast)
-    plain.linearize_fixed_input = False
-    shape = (4, 12) if layer == "linear" else (4, 3, 11, 11)
-    for step in range(3):
-        x = torch.randn(shape) * 2 + 0.5 * step
-        if step == 0:  # initialises the steps (both take the plain path before that)
-            fast(x), plain(x)
-            continue
-        assert fast._input_is_fixed(x)
-        out_fast, out_plain = fast(x), plain(x)
-        assert torch.equal(out_fast, out_plain)
-        grad_out = torch.randn_like(out_fast)
-        out_fast.backward(grad_out)
-        out_plain.backward(grad_out)
-        named_plain = dict(plain.named_parameters())
-        for name, parameter in fast.named_parameters():
-            expected = named_plain[name].grad
-            assert parameter.grad is not None, name
-            scale = expected.abs().max().clamp_min(1e-12)
-            assert (parameter.grad - expected).abs().max() <= 1e-5 * scale + 1e-7, (name, parameter.grad, expected)
-        for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
-            assert torch.equal(a, b), name  # the σ EMA took the same step
-        with torch.no_grad():  # a training step; both continue from the same state
-            for parameter in fast.parameters():
-                parameter -= 0.01 * parameter.grad
-                parameter.grad = None
-        plain.load_state_dict(fast.state_dict())
-        plain.zero_grad(set_to_none=True)
-
-
-def test_input_with_gradient_or_without_autograd_takes_the_plain_path():
-    layer = _first_layer("conv", "rupq")
-    x = torch.randn(2, 3, 9, 9)
-    layer(x)
-    assert layer._input_is_fixed(x)
-    assert not layer._input_is_fixed(x.clone().requires_grad_())
-    with torch.no_grad():
-        assert not layer._input_is_fixed(x)
-    layer.quantizer.input_quantizer.step.requires_grad_(False)
-    assert not layer._input_is_fixed(x)
-
-
-@pytest.mark.parametrize("in_channels,kernel,stride,padding,dilation", [(3, 7, 2, 3, 1), (4, 3, 1, 1, 1), (2, 3, 2, 2, 2), (3, 5, 3, 0, 1)])
-def test_conv_input_gradient_at_positions_is_the_full_input_gradient_there(in_channels, kernel, stride, padding, dilation):
-    torch.manual_seed(0)
-    x = torch.randn(2, in_channels, 19, 20)
-    weight = torch.randn(6, in_channels, kernel, kernel)
-    grad_out = torch.randn_like(F.conv2d(x, weight, None, stride, padding, dilation))
-    full = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride, padding, dilation)
-    positions = torch.stack([torch.randint(0, size, (60,)) for size in x.shape], dim=1)
-    gathered = modules.conv_input_gradient_at(grad_out, weight, positions, (stride,) * 2, (padding,) * 2, (dilation,) * 2)
-    assert torch.allclose(gathered, full[positions.unbind(1)], rtol=1e-5, atol=1e-5)

@@ -2,17 +2,24 @@ import math
 
 import pytest
 import torch
-from kernel_paths import kernel_path  # noqa: F401 (fixture)
+from formula_paths import formula  # noqa: F401 (fixture)
 from quantizer_reference import reference_grid
 
-from rupq.quantizers.grid import (
-    STEP_EPSILON,
-    LsqFakeQuantize,
-    guard_step,
-    integer_range,
-    lsq_quantize,
-    step_gradient_scale,
-)
+from rupq.quantizers.fake_quantize import STEP_EPSILON, fake_quantize, integer_range, step_gradient_scale
+
+
+def lsq_quantize(x, step, n, p, sigma=None, offset=None, formula=fake_quantize):
+    """``formula`` on ``x`` of any shape, with scalar or leading-channel parameters."""
+    per_row = any(t is not None and t.numel() > 1 for t in (step, sigma, offset))
+    rows = x.reshape(x.shape[0] if per_row else 1, -1)
+    grad_scale = step_gradient_scale(x.numel(), step.numel(), p)
+    flat = [None if t is None else t.reshape(-1, 1) for t in (step, offset, sigma)]
+    out, _ = formula(rows, flat[0], n, p, grad_scale, offset=flat[1], sigma=flat[2])
+    return out.reshape(x.shape)
+
+
+def guard_step(step):
+    return step.abs().clamp_min(STEP_EPSILON)
 
 
 def _close(actual, expected, rtol, atol=0.0):
@@ -53,12 +60,11 @@ def _inputs(per_channel, half_wave, seed=0):
     return x, step, n, p
 
 
-@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("half_wave", [False, True])
 @pytest.mark.parametrize("with_offset", [False, True])
 @pytest.mark.parametrize("with_sigma", [False, True])
-def test_fused_grid_matches_reference(per_channel, half_wave, with_offset, with_sigma):
+def test_grid_matches_reference(per_channel, half_wave, with_offset, with_sigma, formula):
     torch.manual_seed(0)
     x, step, n, p = _inputs(per_channel, half_wave)
     sigma = (torch.rand(6, 1, 1, 1) + 0.5) if with_sigma and per_channel else torch.tensor(1.3) if with_sigma else None
@@ -72,7 +78,7 @@ def test_fused_grid_matches_reference(per_channel, half_wave, with_offset, with_
         o = offset.clone().requires_grad_() if offset is not None else None
         codes = None
         if fused:
-            out = lsq_quantize(xs, s, n, p, sg, o)
+            out = lsq_quantize(xs, s, n, p, sg, o, formula)
         else:
             t = xs - o if o is not None else xs
             t = t / sg if sg is not None else t
@@ -91,12 +97,11 @@ def test_fused_grid_matches_reference(per_channel, half_wave, with_offset, with_
         _close(grad, ref_grad, 1e-5, summation_tolerance(grad_out, x))
 
 
-@pytest.mark.usefixtures("kernel_path")
-def test_gradient_on_bounds_is_halved():
+def test_gradient_on_bounds_is_halved(formula):
     n, p = integer_range(2, True)
     step = torch.tensor(0.5, requires_grad=True)
     x = torch.tensor([0.0, 1.5, 0.7, 2.0, -1.0], requires_grad=True)  # n, p, inside, above, below
-    lsq_quantize(x, step, n, p).sum().backward()
+    lsq_quantize(x, step, n, p, formula=formula).sum().backward()
     assert x.grad.tolist() == [0.5, 0.5, 1.0, 0.0, 0.0]
 
 
@@ -104,9 +109,8 @@ def test_step_gradient_scale():
     assert step_gradient_scale(1000, 10, 15) == pytest.approx(1 / math.sqrt(1500))
 
 
-@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel):
+def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel, formula):
     # torch's fused kernel decides "inside" on the *rounded* code (so x/s in (p, p + 1/2)
     # still gets the full gradient, and an exact bound too, where the original's clamp with
     # tensor bounds passes half), and it multiplies by 1/s instead of dividing, which may
@@ -124,7 +128,7 @@ def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel):
 
     xs, s = x.clone().requires_grad_(), step.clone().requires_grad_()
     shape = (-1, 1, 1, 1) if per_channel else ()
-    out = lsq_quantize(xs, s.reshape(shape), n, p)
+    out = lsq_quantize(xs, s.reshape(shape), n, p, formula=formula)
     out.backward(grad_out)
 
     xt, st = x.clone().requires_grad_(), step.clone().requires_grad_()
@@ -140,7 +144,6 @@ def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel):
     _close(s.grad, st.grad, 1e-5)
 
 
-@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("bad_step", [0.0, -0.3, -1e-12])
 def test_degenerate_step_stays_finite(bad_step):
     x = torch.randn(100, requires_grad=True)
@@ -152,12 +155,11 @@ def test_degenerate_step_stays_finite(bad_step):
         assert torch.equal(out, lsq_quantize(x, torch.tensor(-bad_step), -8, 7))
 
 
-@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("value", [0.4, -0.4, 0.0, -1e-12, 1e-8])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_step_guard_and_gradient_scale_inside_the_function_match_autograd(value, per_channel):
-    """The fused function takes ``max(|s|, ε)`` and LSQ's ``g`` inside; autograd through
-    :func:`guard_step` and the oracle's grid (which applies ``g``) gives the same step gradient."""
+    """The formula takes ``max(|s|, ε)`` and LSQ's ``g`` inside; autograd through the guard
+    and the oracle's grid (which applies ``g``) gives the same step gradient."""
     torch.manual_seed(3)
     x = torch.randn(4, 30)
     grad_out = torch.randn(4, 30)
@@ -170,7 +172,6 @@ def test_step_guard_and_gradient_scale_inside_the_function_match_autograd(value,
     assert torch.equal(s1.grad == 0, s2.grad == 0)
 
 
-@pytest.mark.usefixtures("kernel_path")
 def test_guard_leaves_normal_steps_bit_identical():
     torch.manual_seed(2)
     x = torch.randn(50)
@@ -186,23 +187,20 @@ def test_guard_leaves_normal_steps_bit_identical():
         _close(s1.grad, s2.grad, 1e-5)
 
 
-def test_autocast_computes_in_float32():
+def test_bfloat16_input_is_quantized_in_float32():
     torch.manual_seed(3)
     x = torch.randn(2, 8, 4, 4).bfloat16().requires_grad_()
     step = torch.tensor(0.3, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = lsq_quantize(x, step, 0, 15)
+    out = lsq_quantize(x, step, 0, 15)
     assert out.dtype == torch.float32
     assert torch.equal(out, lsq_quantize(x.detach().float(), torch.tensor(0.3), 0, 15))
     out.sum().backward()
     assert x.grad.dtype == torch.bfloat16 and torch.isfinite(step.grad)
 
 
-@pytest.mark.usefixtures("kernel_path")
 def test_backward_keeps_only_the_input_and_small_tensors():
     x = torch.randn(64, 64, requires_grad=True)
     step = torch.tensor(0.2, requires_grad=True)
-    out = LsqFakeQuantize.apply(x, step, None, None, -8, 7, 1.0)
-    saved = out.grad_fn.saved_tensors
-    big = [t for t in saved if t is not None and t.numel() > 1]
+    out = lsq_quantize(x, step, -8, 7)
+    big = [t for t in out.grad_fn.next_functions[0][0].saved_tensors if t is not None and t.numel() > 1]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()

@@ -1,0 +1,221 @@
+"""The quantizer formula: LSQ+ offset, RUPQ standardization and the LSQ grid, written once.
+
+This file is the one place where the method's arithmetic lives; the quantizer modules only
+keep state (steps, offsets, σ EMAs) and call :func:`fake_quantize`. To try another rounding,
+gradient scale or σ rule, edit it here.
+
+For a tensor ``x`` seen as ``[rows, K]`` (``rows = 1``: one step for the whole tensor;
+``rows = C``: one per output channel), a learnable step ``s``, an optional offset ``o`` and the
+integer range ``[n, p]`` (signed ``[-2^(b-1), 2^(b-1) - 1]``, half-wave ``[0, 2^b - 1]``)::
+
+    s'  = max(|s|, ε)   forward;   its gradient multiplied by  g = 1 / sqrt(p · numel(x) / numel(s))
+    σ   = m · ema + (1 - m) · max(std(x - o), ε)      (RUPQ; the ema term carries no gradient)
+          or a given σ (the EMA in eval mode),  or 1  (no standardization)
+    c   = s' · σ
+    t   = (x - o) / c
+    q   = round(clamp(t, n, p))                        (half to even)
+    out = q · c + o
+
+``std`` is the unbiased standard deviation per row. ``grid((x - o) / σ) · σ`` and the folded
+``round(clamp((x - o) / c)) · c`` differ only where ``t`` lies within an ulp of a rounding
+midpoint (the division is done once instead of twice).
+
+Gradients (the straight-through estimator, dq/dt = 1; ``μ`` = 1 strictly inside ``(n, p)``,
+1/2 exactly on a bound — as ``torch.clamp`` with tensor bounds splits it in the original RUPQ
+code —, 0 outside; sums run over the elements of one row)::
+
+    dL/dx = g_out · μ  +  dL/dstd · (x - o - mean) / ((K - 1) · std)
+    dL/dc = Σ g_out · (q - μ t)          →  dL/ds' = σ · dL/dc,   dL/dσ = s' · dL/dc
+    dL/do = Σ g_out · (1 - μ)
+    dL/dstd = (1 - m) · [std ≥ ε] · dL/dσ   (none when σ is not trainable)
+
+(``std(x - o)`` does not depend on ``o``, so the offset gets no share from it.)
+
+The grid is one autograd function (:class:`_LsqGrid`) with the backward above, so that it
+keeps only ``x`` (alive anyway: a weight, or the previous layer's output) and recomputes ``t``;
+everything else is plain autograd. :func:`fake_quantize` is compiled by ``torch.compile``
+(inductor: C++ on CPU, Triton on CUDA) with dynamic shapes, which fuses the std, the grid and
+their backward into a few passes over the tensor; ``RUPQ_COMPILE=0``, or a machine where
+compiling fails, runs the same function eagerly.
+"""
+
+import contextlib
+import math
+import os
+import warnings
+
+import torch
+
+#: Smallest step magnitude and smallest σ divided by: a step trained to zero or below, or a
+#: constant tensor, cannot produce inf/NaN; every value above is unchanged, gradients included.
+STEP_EPSILON = 1e-8
+SIGMA_EPSILON = 1e-8
+
+
+def integer_range(bit_width: int, half_wave: bool) -> tuple[int, int]:
+    """``(n, p)``: ``(0, 2^b - 1)`` for half-wave tensors, ``(-2^(b-1), 2^(b-1) - 1)`` otherwise."""
+    if half_wave:
+        return 0, 2**bit_width - 1
+    return -(2 ** (bit_width - 1)), 2 ** (bit_width - 1) - 1
+
+
+def step_gradient_scale(x_numel: int, step_numel: int, positive_clip: int) -> float:
+    """LSQ's ``g = 1 / sqrt(p · numel(x) / numel(s))``, a Python float.
+
+    Computed outside the compiled graph and passed in: inside, the generated kernels would
+    re-evaluate the square root for every vector of elements.
+    """
+    return 1.0 / math.sqrt(positive_clip * x_numel / step_numel)
+
+
+def learnable_step(step: torch.Tensor, grad_scale: float) -> torch.Tensor:
+    """``s' = max(|s|, ε)`` with its gradient multiplied by ``grad_scale`` (LSQ's ``g``).
+
+    Written as ``(s - s g).detach() + s g`` like the original RUPQ code (same forward bits).
+    """
+    guarded = step.abs().clamp_min(STEP_EPSILON)
+    scaled = guarded * grad_scale
+    return (guarded - scaled).detach() + scaled
+
+
+def row_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max(std, ε), mean)`` of each row of ``x`` (``[rows, K]``), unbiased, shapes ``[rows, 1]``."""
+    var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=1)
+    return var.sqrt().clamp_min(SIGMA_EPSILON), mean
+
+
+def sigma_rule(std: torch.Tensor, ema: torch.Tensor | None, momentum: float) -> torch.Tensor:
+    """RUPQ's σ of a training step: ``m · ema + (1 - m) · std``, the ema term without gradient."""
+    return std if momentum == 0.0 else (momentum * ema).detach() + (1.0 - momentum) * std
+
+
+class _LsqGrid(torch.autograd.Function):
+    """``out = round(clamp((x - o) / c, n, p)) · c + o`` with the module docstring's gradients.
+
+    ``x``: ``[rows, K]``; ``c`` and ``o`` (or ``None``): ``[rows, 1]`` or ``[1, 1]``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, offset, n, p):
+        ctx.n, ctx.p = n, p
+        ctx.save_for_backward(x, scale, offset)
+        shifted = x if offset is None else x - offset
+        out = (shifted / scale).clamp(n, p).round() * scale
+        return out if offset is None else out + offset
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, scale, offset = ctx.saved_tensors
+        n, p = ctx.n, ctx.p
+        t = (x if offset is None else x - offset) / scale
+        inside = ((t > n) & (t < p)).float()
+        on_range = ((t >= n) & (t <= p)).float()
+        mu = (inside + on_range) * 0.5
+        grad_x = grad_out * mu
+        grad_scale = (grad_out * (t.clamp(n, p).round() - mu * t)).sum_to_size(scale.shape)
+        grad_offset = None if offset is None else (grad_out - grad_x).sum_to_size(offset.shape)
+        return grad_x, grad_scale, grad_offset, None, None
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    n: int,
+    p: int,
+    grad_scale: float,
+    offset: torch.Tensor | None = None,
+    sigma: torch.Tensor | None = None,
+    standardize: bool = False,
+    ema: torch.Tensor | None = None,
+    momentum: float = 0.0,
+    std_trainable: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The formula of the module docstring: ``(out, σ)`` in float32, ``x`` of shape ``[rows, K]``.
+
+    ``step``, ``offset``, ``sigma`` and ``ema``: ``[rows, 1]`` or ``[1, 1]``. σ is ``sigma`` when
+    given; else, with ``standardize``, ``momentum · ema + (1 - momentum) · max(std(x - o), ε)``
+    (``ema`` may be ``None`` when ``momentum`` is 0; ``std_trainable=False`` detaches the std);
+    else there is none (``σ`` returned as ``None``). ``grad_scale``: LSQ's ``g``
+    (:func:`step_gradient_scale`).
+    """
+    x = x.float()
+    step = learnable_step(step, grad_scale)
+    if sigma is None and standardize:
+        std, _ = row_std(x if offset is None else x - offset)
+        if not std_trainable:
+            std = std.detach()
+        sigma = sigma_rule(std, ema, momentum)
+    scale = step if sigma is None else step * sigma
+    return _LsqGrid.apply(x, scale, offset, n, p), sigma
+
+
+def _compile_enabled() -> bool:
+    setting = os.environ.get("RUPQ_COMPILE", "1").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        warnings.warn("RUPQ_COMPILE=0: the quantizers run eagerly (slower; same formula)", stacklevel=3)
+        return False
+    return True
+
+
+class CompiledFormula:
+    """:func:`fake_quantize` compiled once per process with dynamic shapes; eager after one
+    warning when compiling is switched off (``RUPQ_COMPILE=0``) or fails on this machine.
+
+    ``enabled``: ``True`` compiles, ``False`` runs eagerly, ``None`` (default) reads
+    ``RUPQ_COMPILE`` on the first call.
+
+    One graph serves every layer, batch and image size; a new one is compiled per kind of call
+    (training or no-grad, with or without offset / σ / input gradient, one row or one per
+    channel): a dozen at most, hence the raised recompile limit.
+    """
+
+    RECOMPILE_LIMIT = 64
+
+    def __init__(self, enabled: bool | None = None):
+        self.compiled = None
+        self.enabled = enabled
+        self.eager_calls = False
+
+    @contextlib.contextmanager
+    def eagerly(self):
+        """Within it the formula runs uncompiled: for one-off passes (quantizer initialisation)
+        that would otherwise compile graphs used once."""
+        previous, self.eager_calls = self.eager_calls, True
+        try:
+            yield
+        finally:
+            self.eager_calls = previous
+
+    def __call__(self, *args, **kwargs):
+        if self.eager_calls or torch.compiler.is_compiling():  # inside a compiled model: traced into its graph
+            return fake_quantize(*args, **kwargs)
+        if self.enabled is None:
+            self.enabled = _compile_enabled()
+        if self.enabled and self.compiled is None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.RECOMPILE_LIMIT)
+            self.compiled = torch.compile(fake_quantize, dynamic=True)
+        if not self.enabled:
+            return fake_quantize(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as error:
+            if not _is_compiler_failure(error):
+                raise
+            self.enabled = False
+            warnings.warn(
+                f"torch.compile failed ({type(error).__name__}: {str(error).strip().splitlines()[0][:200]}); "
+                "the quantizers run eagerly (slower; same formula). Set RUPQ_COMPILE=0 to skip the attempt.",
+                stacklevel=2,
+            )
+            return fake_quantize(*args, **kwargs)
+
+
+def _is_compiler_failure(error: Exception) -> bool:
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    return isinstance(error, (BackendCompilerFailed, InvalidCxxCompiler))
+
+
+#: What the quantizer modules call: the compiled :func:`fake_quantize`.
+quantize = CompiledFormula()
