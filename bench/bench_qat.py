@@ -2,21 +2,26 @@
 
     python bench/bench_qat.py [--device cpu|cuda] [--steps N]
 
-Prints, for torchvision resnet18 (CPU: batch 8, 112x112; CUDA: batch 256, 224x224, fp32):
-training step time of RUPQ w4a4, LSQ+ w4a4, RUPQ w4a4 on the torch-ops path
-(``RUPQ_NO_CPP_KERNELS=1``: what CUDA and builds without the C++ kernels run) and the
-chain-of-ops reference formulation (the tests' oracle) relative to full precision, quantized eval relative to FP eval, the time to
-initialise every quantizer, and peak memory of QAT relative to FP (each in its own
-subprocess: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Timings are medians;
-the models take turns step by step so that background load hits them alike. As in a real run,
-where ``train()`` / ``eval()`` are called once per epoch or validation, the modes are set before
-the timed steps, not inside them.
+torchvision resnet18 (CPU: batch 8, 112x112; CUDA: batch 256, 224x224; float32), SGD steps on
+one fixed batch. Side by side in one process, the models taking turns step by step so that
+background load hits them alike:
+
+- ``FP eager``: the full-precision model;
+- ``RUPQ w4a4`` / ``LSQ+ w4a4``: quantized by the paper's recipe, the quantizers compiled
+  (the default: :mod:`rupq.quantizers.fake_quantize` under ``torch.compile``), the rest eager;
+- ``RUPQ w4a4, eager formula``: the same formula uncompiled (``RUPQ_COMPILE=0``);
+- ``chain-of-ops reference``: SPEC §1 written literally (``bench/chain_reference.py``);
+- ``FP compiled`` / ``RUPQ w4a4 compiled``: the whole model under ``torch.compile`` (the
+  Task's ``compile: true``).
+
+Also: the first step of each compiled variant (compilation included), eval (no autograd)
+ratios, the time to initialise every quantizer, and peak memory of QAT against FP (each in its
+own subprocess: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). As in a real run,
+``train()`` / ``eval()`` are set before the timed steps, not inside them.
 """
 
 import argparse
-import contextlib
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -24,16 +29,25 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torchvision
 
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+from bench.chain_reference import install_chain_reference
+from rupq.config import load_config
+from rupq.quantizers import MinErrorInitializer, initialize_quantizers
+from rupq.quantizers.fake_quantize import quantize
 
-from bench._recipes import quantizer_reference, recipe_parser  # noqa: E402
-from rupq.quantizers import MinErrorInitializer, initialize_quantizers  # noqa: E402
-from rupq.quantizers.cpu_kernels import DISABLE_VARIABLE, kernels  # noqa: E402
-
-TARGETS = {"train": 1.25, "train_minimum": 1.6, "eval": 1.10, "memory": 1.30, "init_s": 3.0}
+RECIPES = Path(__file__).resolve().parents[1] / "rupq" / "examples" / "quantized" / "classification" / "resnet18"
+TARGETS = {"train": 1.20, "train_compiled": 1.15, "eval": 1.10, "memory": 1.30, "init_s": 3.0}
+NAMES = {
+    "fp": "FP eager",
+    "rupq": "RUPQ w4a4 (compiled quantizers)",
+    "lsqplus": "LSQ+ w4a4 (compiled quantizers)",
+    "rupq_eager": "RUPQ w4a4, eager formula",
+    "reference": "chain-of-ops reference (RUPQ w4a4)",
+    "fp_compiled": "FP compiled",
+    "rupq_compiled": "RUPQ w4a4 compiled",
+}
 
 
 def _shape(device: str) -> tuple[int, int]:
@@ -53,56 +67,40 @@ def _batch(device: str):
     return images, labels
 
 
-@contextlib.contextmanager
-def torch_ops_path(enabled: bool):
-    """Within it, quantizers skip the C++ kernels (``RUPQ_NO_CPP_KERNELS=1``) when ``enabled``."""
-    previous = os.environ.get(DISABLE_VARIABLE)
-    if enabled:
-        os.environ[DISABLE_VARIABLE] = "1"
-    try:
-        yield
-    finally:
-        if enabled:
-            if previous is None:
-                del os.environ[DISABLE_VARIABLE]
-            else:
-                os.environ[DISABLE_VARIABLE] = previous
+def recipe_parser(recipe: str):
+    """The ``ModelParser`` of ``rupq/examples/quantized/classification/resnet18/<recipe>.yaml``."""
+    return load_config(RECIPES / f"{recipe}.yaml")["model_parser"]
 
 
-def build(kind: str, device: str, images) -> torch.nn.Module:
-    """``fp``, ``rupq`` (w4a4_rupq), ``rupq_torch`` (w4a4_rupq on the torch-ops path), ``lsqplus``
-    (w4a4_lsqplus) or ``reference`` (RUPQ on the oracle)."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18().to(device)
-    if kind != "fp":
-        recipe = "w4a4_lsqplus" if kind == "lsqplus" else "w4a4_rupq"
-        recipe_parser("resnet18", recipe).parse(model)
-        initialize_quantizers(model, images)
+class Variant:
+    """One model of the comparison, with its optimizer; ``step()`` is one SGD training step."""
+
+    def __init__(self, kind: str, device: str, images, labels):
+        torch.manual_seed(0)
+        self.kind, self.images, self.labels = kind, images, labels
+        self.model = torchvision.models.resnet18().to(device)
+        if kind != "fp" and kind != "fp_compiled":
+            recipe_parser("w4a4_lsqplus" if kind == "lsqplus" else "w4a4_rupq").parse(self.model)
+            initialize_quantizers(self.model, images)
         if kind == "reference":
-            quantizer_reference().install_reference(model)
-    return model
+            install_chain_reference(self.model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        self.call = torch.compile(self.model, dynamic=True) if kind.endswith("_compiled") else self.model
 
-
-class _Trainer:
-    def __init__(self, model, images, labels, torch_ops=False):
-        self.model, self.images, self.labels = model, images, labels
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        self.torch_ops = torch_ops
+    def _forward(self):
+        if self.kind == "rupq_eager":
+            with quantize.eagerly():
+                return self.call(self.images)
+        return self.call(self.images)
 
     def step(self) -> None:
-        with torch_ops_path(self.torch_ops):
-            self._step()
-
-    def _step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
-        loss.backward()
+        torch.nn.functional.cross_entropy(self._forward(), self.labels).backward()
         self.optimizer.step()
 
     @torch.no_grad()
     def evaluate(self) -> None:
-        with torch_ops_path(self.torch_ops):
-            self.model(self.images)
+        self._forward()
 
 
 def _timed(function, device: str) -> float:
@@ -113,21 +111,25 @@ def _timed(function, device: str) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(functions: dict, device: str, steps: int, warmup: int) -> dict:
+def interleaved_medians(functions: dict, device: str, steps: int, warmup: int) -> tuple[dict, dict]:
+    """``(medians, first-call times)``: the first call of each is its compilation, if any."""
     times = {name: [] for name in functions}
+    first = {}
     for iteration in range(warmup + steps):
         for name, function in functions.items():
             elapsed = _timed(function, device)
-            if iteration >= warmup:
+            if iteration == 0:
+                first[name] = elapsed
+            elif iteration >= warmup:
                 times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistics.median(values) for name, values in times.items()}, first
 
 
 def initialization_seconds(device: str, images) -> tuple[float, float]:
     """(initialize_quantizers wall time, of which inside MinErrorInitializer) for RUPQ w4a4 resnet18."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18().to(device)
-    recipe_parser("resnet18", "w4a4_rupq").parse(model)
+    recipe_parser("w4a4_rupq").parse(model)
     spent = [0.0]
     original = MinErrorInitializer.__call__
 
@@ -150,28 +152,20 @@ def initialization_seconds(device: str, images) -> tuple[float, float]:
 def memory_child(kind: str, device: str, steps: int) -> None:
     """Runs in a subprocess: a few training steps, then prints the peak memory in bytes."""
     images, labels = _batch(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer = _Trainer(build(kind, device, images), images, labels)
-    trainer.model.train()
+    variant = Variant(kind, device, images, labels)
+    variant.model.train()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
-        trainer.step()
+        variant.step()
     _sync(device)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _peak_rss_bytes()
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes()
     print(json.dumps({"peak_bytes": peak}))
 
 
 def _peak_rss_bytes() -> int:
-    """This process's peak resident set size.
-
-    ``ru_maxrss`` survives ``execve``, so a child started from this (large) benchmark process
-    would report the parent's peak; Linux's ``VmHWM`` belongs to the new image only.
-    """
+    """This process's peak resident set size (``VmHWM``: ``ru_maxrss`` would survive ``execve``
+    and report the large parent benchmark's peak)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -182,20 +176,20 @@ def _peak_rss_bytes() -> int:
 
 
 def peak_memory(kind: str, device: str) -> int:
-    command = [sys.executable, __file__, "--device", device, "--memory-child", kind]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    command = [sys.executable, "-m", "bench.bench_qat", "--device", device, "--memory-child", kind]
+    result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
 def _verdict(value: float, target: float) -> str:
-    return "met" if value <= target else "MISSED"
+    return f"target <= {target} ({'met' if value <= target else 'MISSED'})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per model (median)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one compiles)")
     parser.add_argument("--memory-child", choices=["fp", "rupq"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -203,54 +197,48 @@ def main() -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the first step compiles)")
 
     images, labels = _batch(args.device)
     batch, size = _shape(args.device)
-    print(f"resnet18, batch {batch}, {size}x{size}, fp32, {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; medians of {args.steps} steps after {args.warmup} warm-up")
-
-    kernels_built = args.device == "cpu" and kernels() is not None  # builds them on first use
-    print(f"C++ CPU kernels: {'in use' if kernels_built else 'not in use'}")
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"resnet18, batch {batch}, {size}x{size}, fp32, {device_name}, torch {torch.__version__}; "
+          f"medians of {args.steps} steps after {args.warmup} warm-up")
     init_total, init_min_error = initialization_seconds(args.device, images)
 
-    kinds = ("fp", "rupq", "rupq_torch", "lsqplus", "reference") if kernels_built else ("fp", "rupq", "lsqplus", "reference")
-    trainers = {
-        kind: _Trainer(build(kind, args.device, images), images, labels, torch_ops=kind == "rupq_torch") for kind in kinds
-    }
-    for trainer in trainers.values():
-        trainer.model.train()
-    train = interleaved_medians({kind: trainer.step for kind, trainer in trainers.items()}, args.device, args.steps, args.warmup)
-    eval_kinds = [kind for kind in ("fp", "rupq", "rupq_torch", "lsqplus") if kind in trainers]
+    variants = {kind: Variant(kind, args.device, images, labels) for kind in NAMES}
+    for variant in variants.values():
+        variant.model.train()
+    train, first = interleaved_medians({k: v.step for k, v in variants.items()}, args.device, args.steps, args.warmup)
+    eval_kinds = ["fp", "rupq", "lsqplus", "fp_compiled", "rupq_compiled"]
     for kind in eval_kinds:
-        trainers[kind].model.eval()
-    evaluation = interleaved_medians({kind: trainers[kind].evaluate for kind in eval_kinds}, args.device, args.steps, args.warmup)
+        variants[kind].model.eval()
+    evaluation, _ = interleaved_medians({k: variants[k].evaluate for k in eval_kinds}, args.device, args.steps, args.warmup)
     memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
 
-    fp = train["fp"]
-    print(f"\ntraining step   FP {fp * 1e3:8.1f} ms")
-    names = {
-        "rupq": "RUPQ w4a4",
-        "rupq_torch": "RUPQ w4a4, torch ops (no C++ kernels)",
-        "lsqplus": "LSQ+ w4a4",
-        "reference": "chain-of-ops reference (RUPQ w4a4)",
-    }
-    for kind, label in names.items():
-        if kind not in train:
-            continue
-        ratio = train[kind] / fp
-        note = f"  target <= {TARGETS['train']} ({_verdict(ratio, TARGETS['train'])})" if kind in ("rupq", "lsqplus") else ""
-        print(f"  {label:40s} {train[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}{note}")
-    print(f"\neval            FP {evaluation['fp'] * 1e3:8.1f} ms")
-    for kind in eval_kinds[1:]:
-        ratio = evaluation[kind] / evaluation["fp"]
-        note = f"  target <= {TARGETS['eval']} ({_verdict(ratio, TARGETS['eval'])})" if kind in ("rupq", "lsqplus") else ""
-        print(f"  {names[kind]:40s} {evaluation[kind] * 1e3:8.1f} ms  ratio {ratio:5.2f}{note}")
+    print(f"\ntraining step{'':31s}{'median':>10s}{'vs FP eager':>13s}{'vs FP compiled':>16s}   first step")
+    for kind, label in NAMES.items():
+        against_fp, against_compiled = train[kind] / train["fp"], train[kind] / train["fp_compiled"]
+        note = ""
+        if kind == "rupq":
+            note = _verdict(against_fp, TARGETS["train"])
+        elif kind == "rupq_compiled":
+            note = _verdict(against_compiled, TARGETS["train_compiled"])
+        print(f"  {label:42s}{train[kind] * 1e3:8.1f} ms{against_fp:12.2f}{against_compiled:16.2f}"
+              f"{first[kind]:10.1f} s  {note}")
+    print(f"\neval (no autograd){'':26s}{'median':>10s}{'vs FP eager':>13s}")
+    for kind in eval_kinds:
+        ratio = evaluation[kind] / evaluation["fp" if not kind.endswith("_compiled") else "fp_compiled"]
+        note = _verdict(ratio, TARGETS["eval"]) if kind == "rupq" else ""
+        reference = "FP compiled" if kind.endswith("_compiled") else "FP eager"
+        print(f"  {NAMES[kind]:42s}{evaluation[kind] * 1e3:8.1f} ms{ratio:12.2f} (vs {reference})  {note}")
     print(f"\ninitialize_quantizers (RUPQ w4a4, all 42 quantizers): {init_total:.2f} s, "
-          f"of which MinErrorInitializer {init_min_error:.2f} s  target <= {TARGETS['init_s']} s ({_verdict(init_min_error, TARGETS['init_s'])})")
+          f"of which MinErrorInitializer {init_min_error:.2f} s  {_verdict(init_min_error, TARGETS['init_s'])}")
     unit = "max RSS" if args.device == "cpu" else "max allocated"
     ratio = memory["rupq"] / memory["fp"]
     print(f"peak memory ({unit}): FP {memory['fp'] / 2**20:.0f} MiB, RUPQ w4a4 {memory['rupq'] / 2**20:.0f} MiB, "
-          f"ratio {ratio:.2f}  target <= {TARGETS['memory']} ({_verdict(ratio, TARGETS['memory'])})")
+          f"ratio {ratio:.2f}  {_verdict(ratio, TARGETS['memory'])}")
 
 
 if __name__ == "__main__":

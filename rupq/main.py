@@ -31,6 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the devices the processes of each machine take by LOCAL_RANK)")
     parser.add_argument("--sync_bn", action="store_true",
                         help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="compile the model with torch.compile for training and validation (the Task's `compile: true`)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                        help="mixed precision under torch.autocast (the Task's `precision`; quantizers stay float32)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return parser.parse_args(argv)
 
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> Path:
         context = RunContext(
             version_dir=version_dir, device=parallel.device, load=args.load, checkpoint_path=args.checkpoint_path,
             rank=parallel.rank, world_size=parallel.world_size, wrap_model=parallel.wrap_model,
+            compile=args.compile, precision=args.precision,
         )
         try:
             task.run(context)

@@ -4,9 +4,8 @@ This file is the one place where the method's arithmetic lives; the quantizer mo
 keep state (steps, offsets, σ EMAs) and call :func:`fake_quantize`. To try another rounding,
 gradient scale or σ rule, edit it here.
 
-For a tensor ``x`` seen as ``[rows, K]`` (``rows = 1``: one step for the whole tensor;
-``rows = C``: one per output channel), a learnable step ``s``, an optional offset ``o`` and the
-integer range ``[n, p]`` (signed ``[-2^(b-1), 2^(b-1) - 1]``, half-wave ``[0, 2^b - 1]``)::
+For a tensor ``x``, a learnable step ``s`` (one for the whole tensor, or one per output
+channel: the leading dim), an optional offset ``o`` and the integer range ``[n, p]`` (signed ``[-2^(b-1), 2^(b-1) - 1]``, half-wave ``[0, 2^b - 1]``)::
 
     s'  = max(|s|, ε)   forward;   its gradient multiplied by  g = 1 / sqrt(p · numel(x) / numel(s))
     σ   = m · ema + (1 - m) · max(std(x - o), ε)      (RUPQ; the ema term carries no gradient)
@@ -16,15 +15,15 @@ integer range ``[n, p]`` (signed ``[-2^(b-1), 2^(b-1) - 1]``, half-wave ``[0, 2^
     q   = round(clamp(t, n, p))                        (half to even)
     out = q · c + o
 
-``std`` is the unbiased standard deviation per row. ``grid((x - o) / σ) · σ`` and the folded
+``std`` is the unbiased standard deviation over the whole tensor, or per output channel. ``grid((x - o) / σ) · σ`` and the folded
 ``round(clamp((x - o) / c)) · c`` differ only where ``t`` lies within an ulp of a rounding
 midpoint (the division is done once instead of twice).
 
 Gradients (the straight-through estimator, dq/dt = 1; ``μ`` = 1 strictly inside ``(n, p)``,
 1/2 exactly on a bound — as ``torch.clamp`` with tensor bounds splits it in the original RUPQ
-code —, 0 outside; sums run over the elements of one row)::
+code —, 0 outside; sums run over the elements that share a step, σ or offset)::
 
-    dL/dx = g_out · μ  +  dL/dstd · (x - o - mean) / ((K - 1) · std)
+    dL/dx = g_out · μ  +  dL/dstd · (x - o - mean) / ((N - 1) · std)     (N elements per std)
     dL/dc = Σ g_out · (q - μ t)          →  dL/ds' = σ · dL/dc,   dL/dσ = s' · dL/dc
     dL/do = Σ g_out · (1 - μ)
     dL/dstd = (1 - m) · [std ≥ ε] · dL/dσ   (none when σ is not trainable)
@@ -78,10 +77,10 @@ def learnable_step(step: torch.Tensor, grad_scale: float) -> torch.Tensor:
     return (guarded - scaled).detach() + scaled
 
 
-def row_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(max(std, ε), mean)`` of each row of ``x`` (``[rows, K]``), unbiased, shapes ``[rows, 1]``."""
-    var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=1)
-    return var.sqrt().clamp_min(SIGMA_EPSILON), mean
+def standard_deviation(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``max(std, ε)`` of ``x`` over ``dims`` (unbiased, dims kept)."""
+    var, _ = torch.var_mean(x, dim=dims, keepdim=True, correction=1)
+    return var.sqrt().clamp_min(SIGMA_EPSILON)
 
 
 def sigma_rule(std: torch.Tensor, ema: torch.Tensor | None, momentum: float) -> torch.Tensor:
@@ -90,10 +89,8 @@ def sigma_rule(std: torch.Tensor, ema: torch.Tensor | None, momentum: float) -> 
 
 
 class _LsqGrid(torch.autograd.Function):
-    """``out = round(clamp((x - o) / c, n, p)) · c + o`` with the module docstring's gradients.
-
-    ``x``: ``[rows, K]``; ``c`` and ``o`` (or ``None``): ``[rows, 1]`` or ``[1, 1]``.
-    """
+    """``out = round(clamp((x - o) / c, n, p)) · c + o`` with the module docstring's gradients;
+    ``c`` and ``o`` (or ``None``) broadcast against ``x``."""
 
     @staticmethod
     def forward(ctx, x, scale, offset, n, p):
@@ -125,23 +122,24 @@ def fake_quantize(
     grad_scale: float,
     offset: torch.Tensor | None = None,
     sigma: torch.Tensor | None = None,
-    standardize: bool = False,
+    std_dims: tuple[int, ...] | None = None,
     ema: torch.Tensor | None = None,
     momentum: float = 0.0,
     std_trainable: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The formula of the module docstring: ``(out, σ)`` in float32, ``x`` of shape ``[rows, K]``.
+    """The formula of the module docstring: ``(out, σ)``, ``out`` in float32.
 
-    ``step``, ``offset``, ``sigma`` and ``ema``: ``[rows, 1]`` or ``[1, 1]``. σ is ``sigma`` when
-    given; else, with ``standardize``, ``momentum · ema + (1 - momentum) · max(std(x - o), ε)``
-    (``ema`` may be ``None`` when ``momentum`` is 0; ``std_trainable=False`` detaches the std);
-    else there is none (``σ`` returned as ``None``). ``grad_scale``: LSQ's ``g``
-    (:func:`step_gradient_scale`).
+    ``step``, ``offset``, ``sigma`` and ``ema`` are scalars or one per output channel (shaped to
+    broadcast against ``x``). σ is ``sigma`` when given; else, with ``std_dims`` (the dims of
+    the std: all of them, or all but the leading one), ``momentum · ema + (1 - momentum) ·
+    max(std(x - o), ε)`` (``ema`` may be ``None`` when ``momentum`` is 0; ``std_trainable=False``
+    detaches the std); else there is none (``σ`` returned as ``None``). ``grad_scale``: LSQ's
+    ``g`` (:func:`step_gradient_scale`).
     """
     x = x.float()
     step = learnable_step(step, grad_scale)
-    if sigma is None and standardize:
-        std, _ = row_std(x if offset is None else x - offset)
+    if sigma is None and std_dims is not None:
+        std = standard_deviation(x if offset is None else x - offset, std_dims)
         if not std_trainable:
             std = std.detach()
         sigma = sigma_rule(std, ema, momentum)
@@ -166,7 +164,8 @@ class CompiledFormula:
 
     One graph serves every layer, batch and image size; a new one is compiled per kind of call
     (training or no-grad, with or without offset / σ / input gradient, one row or one per
-    channel): a dozen at most, hence the raised recompile limit.
+    channel, rows of at most or more than 4096 elements — inductor's CPU reductions differ —,
+    a batch of one): a couple of dozen at most, hence the raised recompile limit.
     """
 
     RECOMPILE_LIMIT = 64
@@ -197,7 +196,10 @@ class CompiledFormula:
         if not self.enabled:
             return fake_quantize(*args, **kwargs)
         try:
-            return self.compiled(*args, **kwargs)
+            # Without duck sizing, an image whose height equals its width compiles the same
+            # graph as any other (sizes that happen to be equal are not assumed to stay equal).
+            with torch.fx.experimental._config.patch(use_duck_shape=False):
+                return self.compiled(*args, **kwargs)
         except Exception as error:
             if not _is_compiler_failure(error):
                 raise

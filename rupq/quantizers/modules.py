@@ -35,11 +35,6 @@ class ModuleQuantizer(nn.Module):
             )
         self.input_quantizer.configure(input_bit_width, half_wave, [], [])
         weight_transformation = self.weight_quantizer.transformation
-        if self.weight_quantizer.per_channel and weight_transformation is not None and weight_transformation.dim is None:
-            raise ConfigError(
-                f"layer '{layer_name}': a per-channel weight step needs a per-channel Standardization "
-                f"(dim: {list(range(1, len(weight_shape)))}), got dim: null"
-            )
         sigma_shape = [] if weight_transformation is None else weight_transformation.sigma_shape(weight_shape)
         step_shape = [weight_shape[0]] + [1] * (len(weight_shape) - 1) if self.weight_quantizer.per_channel else []
         self.weight_quantizer.configure(weight_bit_width, False, step_shape, sigma_shape)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers.fake_quantize import integer_range, quantize, row_std, sigma_rule, step_gradient_scale
+from rupq.quantizers.fake_quantize import integer_range, quantize, sigma_rule, standard_deviation, step_gradient_scale
 from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
 from rupq.quantizers.transformations import Standardization
 
@@ -75,12 +75,13 @@ class StepQuantizer(nn.Module):
         return None
 
     @torch.no_grad()
-    def _initialize(self, rows: torch.Tensor, offset: torch.Tensor | None) -> None:
+    def _initialize(self, x: torch.Tensor, offset: torch.Tensor | None) -> None:
         """The first step, from the tensor the grid quantizes: ``(x - o) / σ`` (σ by the training rule)."""
-        quantized_input = rows.float() if offset is None else rows.float() - offset
-        if self.transformation is not None:
-            std, _ = row_std(quantized_input)
-            quantized_input = quantized_input / sigma_rule(std, self.transformation.ema_std.reshape(-1, 1), self.transformation.momentum)
+        quantized_input = x.float() if offset is None else x.float() - offset
+        transformation = self.transformation
+        if transformation is not None:
+            std = standard_deviation(quantized_input, transformation.std_dims(x))
+            quantized_input = quantized_input / sigma_rule(std, transformation.ema_std, transformation.momentum)
         self.initialize_from(quantized_input)
 
     @torch.no_grad()
@@ -104,30 +105,20 @@ class StepQuantizer(nn.Module):
         return quantized if quantized.dtype == x.dtype else quantized.to(x.dtype)
 
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(out in float32, the σ it used or None)``; initialises on the first call, updates the EMA.
-
-        The formula sees ``x`` as ``[rows, K]``: one row per output channel where the step or σ
-        is per channel, else one row (whatever the layer type, so that one compiled graph serves).
-        """
+        """``(out in float32, the σ it used or None)``; initialises on the first call, updates the EMA."""
         if self.bit_width is None:
             raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
         transformation = self.transformation
-        per_row = self.per_channel or (transformation is not None and transformation.dim is not None)
-        rows = x.reshape(x.shape[0] if per_row else 1, -1)
         offset = self._offset()
-        if offset is not None:
-            offset = offset.reshape(-1, 1)
-        sigma_arguments = {} if transformation is None else transformation.formula_arguments(rows, offset)
+        sigma_arguments = {} if transformation is None else transformation.formula_arguments(x, offset)
         if not self._initialized:
-            self._initialize(rows, offset)
+            self._initialize(x, offset)
         grad_scale = step_gradient_scale(x.numel() * self.batch_shards, self.step.numel(), self.positive_clip)
         with torch.autocast(x.device.type, enabled=False):  # the quantizer math stays in float32
-            quantized, sigma = quantize(
-                rows, self.step.reshape(-1, 1), self.negative_clip, self.positive_clip, grad_scale, offset, **sigma_arguments
-            )
+            quantized, sigma = quantize(x, self.step, self.negative_clip, self.positive_clip, grad_scale, offset, **sigma_arguments)
         if transformation is not None and self.training:
             transformation.update_ema(sigma)
-        return quantized.reshape(x.shape), sigma
+        return quantized, sigma
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers.fake_quantize import SIGMA_EPSILON, row_std, sigma_rule
+from rupq.quantizers.fake_quantize import SIGMA_EPSILON, sigma_rule, standard_deviation
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -106,28 +106,31 @@ class Standardization(nn.Module):
             )
         return [tensor_shape[0]] + [1] * (rank - 1)
 
+    def std_dims(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The dims σ's std reduces: all of them, or all but the leading one (``dim``)."""
+        return tuple(range(0 if self.dim is None else 1, x.dim()))
+
     def formula_arguments(self, x: torch.Tensor, offset: torch.Tensor | None) -> dict:
-        """The σ rule for :func:`~rupq.quantizers.fake_quantize.fake_quantize` (``x`` as ``[rows, K]``).
+        """The σ rule for :func:`~rupq.quantizers.fake_quantize.fake_quantize`.
 
         Training: ``m · ema + (1 - m) · std(x - o)``, computed inside the formula (under DDP from
         the global batch's std, computed here). Eval: the stored EMA, or the detached std when
         ``m == 0``. On the very first tensor (no ``std_init``) its std initialises the EMA.
         """
         if not self._ema_ready:
-            std, _ = row_std(x.float() if offset is None else x.float() - offset)
-            self.initialize_ema(std)
+            self.initialize_ema(standard_deviation(x.float() if offset is None else x.float() - offset, self.std_dims(x)))
         if not self.training:
             if self.momentum != 0.0:
-                return {"sigma": self.ema_std.detach().reshape(-1, 1)}
-            return {"standardize": True, "std_trainable": False}
+                return {"sigma": self.ema_std.detach()}
+            return {"std_dims": self.std_dims(x), "std_trainable": False}
         if self.process_group is not None and torch.is_grad_enabled():
             std = global_standard_deviation(x, self.process_group, offset)
             if not self.trainable:
                 std = std.detach()
-            return {"sigma": sigma_rule(std, self.ema_std.reshape(-1, 1), self.momentum)}
+            return {"sigma": sigma_rule(std, self.ema_std, self.momentum)}
         return {
-            "standardize": True,
-            "ema": self.ema_std.reshape(-1, 1),
+            "std_dims": self.std_dims(x),
+            "ema": self.ema_std,
             "momentum": self.momentum,
             "std_trainable": self.trainable,
         }

@@ -9,13 +9,9 @@ from rupq.quantizers.fake_quantize import STEP_EPSILON, fake_quantize, integer_r
 
 
 def lsq_quantize(x, step, n, p, sigma=None, offset=None, formula=fake_quantize):
-    """``formula`` on ``x`` of any shape, with scalar or leading-channel parameters."""
-    per_row = any(t is not None and t.numel() > 1 for t in (step, sigma, offset))
-    rows = x.reshape(x.shape[0] if per_row else 1, -1)
-    grad_scale = step_gradient_scale(x.numel(), step.numel(), p)
-    flat = [None if t is None else t.reshape(-1, 1) for t in (step, offset, sigma)]
-    out, _ = formula(rows, flat[0], n, p, grad_scale, offset=flat[1], sigma=flat[2])
-    return out.reshape(x.shape)
+    """``formula`` with LSQ's gradient scale for ``x``; parameters scalar or one per leading channel."""
+    out, _ = formula(x, step, n, p, step_gradient_scale(x.numel(), step.numel(), p), offset=offset, sigma=sigma)
+    return out
 
 
 def guard_step(step):
@@ -202,5 +198,5 @@ def test_backward_keeps_only_the_input_and_small_tensors():
     x = torch.randn(64, 64, requires_grad=True)
     step = torch.tensor(0.2, requires_grad=True)
     out = lsq_quantize(x, step, -8, 7)
-    big = [t for t in out.grad_fn.next_functions[0][0].saved_tensors if t is not None and t.numel() > 1]
+    big = [t for t in out.grad_fn.saved_tensors if t is not None and t.numel() > 1]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()

@@ -6,13 +6,14 @@ from quantizer_reference import reference_quantize
 from test_fake_quantize import _close, summation_tolerance
 
 from rupq.quantizers import MeanStdInitializer, MinErrorInitializer, Standardization, StepOffsetQuantizer, StepQuantizer
-from rupq.quantizers.fake_quantize import fake_quantize, quantize, row_std
+from rupq.quantizers.fake_quantize import fake_quantize, quantize
+from rupq.quantizers.fake_quantize import standard_deviation as formula_std
 
 
 def standard_deviation(x, dims):
-    """The formula's std (:func:`row_std`) in ``torch.std``'s layout: all dims, or all but the leading one."""
-    std, _ = row_std(x.reshape(1 if dims is None else x.shape[0], -1))
-    return std.reshape([]) if dims is None else std.reshape([x.shape[0]] + [1] * (x.dim() - 1))
+    """The formula's std in ``torch.std``'s layout (``dims`` None: all of them, a scalar)."""
+    std = formula_std(x, tuple(range(x.dim())) if dims is None else tuple(dims))
+    return std.reshape([]) if dims is None else std
 
 
 @pytest.fixture
@@ -46,8 +47,8 @@ def _cases():
     for quantizer_type in (StepQuantizer, StepOffsetQuantizer):
         for transformation in TRANSFORMATIONS:
             for per_channel in (False, True):
-                if (transformation.startswith("ema") or transformation == "tensor_std") and per_channel:
-                    continue  # activation quantizers are per tensor; a per-channel step takes a per-channel σ
+                if transformation.startswith("ema") and per_channel:
+                    continue  # activation quantizers are per tensor
                 for half_wave in (False, True):
                     role = "input" if (transformation.startswith("ema") or not per_channel) else "weight"
                     yield quantizer_type, transformation, per_channel, half_wave, role
@@ -151,9 +152,8 @@ def test_initializer_sees_the_standardized_offset_tensor():
 
 
 def sigma_of(standardization, x):
-    """The σ a quantizer's step would use on ``x`` (one per row of ``x`` as ``[rows, K]``), EMA updated."""
-    rows = x.reshape(x.shape[0] if standardization.dim else 1, -1)
-    _, sigma = fake_quantize(rows, torch.ones(1, 1), -8, 7, 1.0, **standardization.formula_arguments(rows, None))
+    """The σ a quantizer's step would use on ``x``, the EMA updated."""
+    _, sigma = fake_quantize(x, torch.ones([]), -8, 7, 1.0, **standardization.formula_arguments(x, None))
     if standardization.training:
         standardization.update_ema(sigma)
     return sigma if standardization.dim else sigma.reshape([])

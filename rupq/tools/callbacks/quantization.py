@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from rupq.quantizers.quantizers import StepQuantizer  # noqa: E402
 from rupq.quantizers.report import quant_layers_of, quantizers_of  # noqa: E402
-from rupq.quantizers.fake_quantize import row_std  # noqa: E402
+from rupq.quantizers.fake_quantize import standard_deviation  # noqa: E402
 from rupq.tools.callbacks.base import Callback  # noqa: E402
 
 
@@ -55,9 +55,7 @@ def quantization_range(quantizer: StepQuantizer, x: torch.Tensor) -> tuple[torch
         if transformation.momentum > 0:
             scale = scale * transformation.ema_std
         else:
-            rows = x.detach().float().reshape(1 if transformation.dim is None else x.shape[0], -1)
-            std, _ = row_std(rows)
-            scale = scale * std.reshape(transformation.sigma_shape(list(x.shape)))
+            scale = scale * standard_deviation(x.detach().float(), transformation.std_dims(x)).reshape(transformation.sigma_shape(list(x.shape)))
     offset = getattr(quantizer, "offset", None)
     offset = torch.zeros([]) if offset is None else offset.detach().float()
     return (quantizer.negative_clip * scale + offset).cpu(), (quantizer.positive_clip * scale + offset).cpu()

@@ -25,6 +25,11 @@ from rupq.tools.utils.checkpoint import MODEL_FORMAT, TRAINING_FORMAT, load_chec
 TORCHVISION_PREFIX = "torchvision:"
 
 
+#: ``precision`` of a Task: float32, or mixed precision under torch.autocast (the quantizer math
+#: stays in float32).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class RunContext:
     """What the command line decided: where to write, what to load, which device(s)."""
@@ -37,6 +42,9 @@ class RunContext:
     world_size: int = 1
     # Wraps the initialised model for several devices (DataParallel/DDP); identity otherwise.
     wrap_model: Callable[[nn.Module], nn.Module] = field(default=lambda model: model)
+    # --compile / --precision: override the Task's ``compile`` / ``precision`` when given.
+    compile: bool | None = None
+    precision: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -94,6 +102,8 @@ class Task:
         callbacks: list | None = None,
         model_kwargs: dict | None = None,
         seed: int = 0,
+        compile: bool = False,
+        precision: str = "fp32",
     ):
         if not isinstance(training_loop, TrainingLoop):
             raise ValueError(f"training_loop must be a !TrainingLoop, got {training_loop!r}")
@@ -120,8 +130,12 @@ class Task:
         self.optimizers = optimizers
         self.model_parser = model_parser
         self.check_val_every_n_epochs = check_val_every_n_epochs
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.callbacks = list(callbacks or [])
         self.seed = seed
+        self.compile = bool(compile)
+        self.precision = precision
 
     # ---- model ------------------------------------------------------------------------------
     def _base_model(self, context: RunContext, resume_state: dict | None) -> tuple[nn.Module, dict | None]:
@@ -216,6 +230,14 @@ class Task:
 
             if not any(isinstance(callback, QuantVarsCallback) for callback in callbacks):
                 callbacks.append(QuantVarsCallback())
+        train_model = context.wrap_model(model)
+        if self.compile if context.compile is None else context.compile:
+            # After quantizer initialisation and the calibration report, which run eagerly once.
+            # Dynamic shapes: detection changes its image size every 10 batches, SR validates
+            # whole images of different sizes.
+            if context.is_main:
+                print("compiling the model with torch.compile (the first steps take longer)", flush=True)
+            train_model = torch.compile(train_model, dynamic=True)
         trainer = Trainer(
             model=model,
             training_loop=self.training_loop,
@@ -227,8 +249,9 @@ class Task:
             check_val_every_n_epochs=self.check_val_every_n_epochs,
             seed=self.seed,
             model_checkpoint=lambda: model_checkpoint(model),
-            train_model=context.wrap_model(model),
+            train_model=train_model,
             is_main=context.is_main,
+            precision=self.precision if context.precision is None else context.precision,
         )
         if resume_state is not None:
             trainer.load_state_dict(resume_state)

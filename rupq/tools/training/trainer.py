@@ -98,6 +98,7 @@ class Trainer:
         model_checkpoint=None,
         train_model: nn.Module | None = None,
         is_main: bool = True,
+        precision: str = "fp32",
     ):
         self.model = model
         self.train_model = train_model or model  # DataParallel/DDP wrapper when there is one
@@ -111,6 +112,10 @@ class Trainer:
         self.seed = seed
         self.model_checkpoint = model_checkpoint
         self.is_main = is_main
+        # Mixed precision: the forward pass (and loss) under autocast; fp16 also scales the loss
+        # so that small gradients do not underflow (bf16 has float32's exponent range).
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.epoch = 0
         self.start_batch = 0
         self.global_step = 0
@@ -140,6 +145,9 @@ class Trainer:
         if self.is_main:
             tqdm.write(message)
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
     @property
     def is_last_epoch(self) -> bool:
         return self.epoch == self.epochs - 1
@@ -165,6 +173,7 @@ class Trainer:
             "rng": rng_state(),
             "callbacks": [callback.state_dict() for callback in self.callbacks],
             "logged": dict(self.logged),
+            "grad_scaler": self.grad_scaler.state_dict(),
         }
 
     def save_checkpoint(self, epoch: int, batch: int) -> None:
@@ -181,6 +190,8 @@ class Trainer:
                 scheduler.load_state_dict(state["schedulers"][name])
         self.epoch, self.start_batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
         self.logged = dict(state.get("logged", {}))
+        if state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         for callback, callback_state in zip(self.callbacks, state.get("callbacks", [])):
             callback.load_state_dict(callback_state)
         set_rng_state(state["rng"])
@@ -229,7 +240,8 @@ class Trainer:
         loss_sum, steps = 0.0, 0
         for batch_index, batch in enumerate(progress, start=start_batch):
             batch = move_to(batch, self.device)
-            output = loop.training_step(self.train_model, batch)
+            with self._autocast():
+                output = loop.training_step(self.train_model, batch)
             loss_value = output.loss.item()
             # Decided together: a process stopping alone would leave the others waiting for it.
             if any_process(not math.isfinite(loss_value), self.device):
@@ -243,11 +255,12 @@ class Trainer:
                 )
             for optimizer, _ in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
+            self.grad_scaler.scale(output.loss).backward()
             for optimizer, scheduler in self.optimizers.values():
-                optimizer.step()
+                self.grad_scaler.step(optimizer)
                 if scheduler is not None:
                     scheduler.step()
+            self.grad_scaler.update()
             self.global_step += 1
             loss_sum, steps = loss_sum + loss_value, steps + 1
             with torch.no_grad():
@@ -299,7 +312,8 @@ class Trainer:
         )
         loss_sum, steps = 0.0, 0
         for batch in progress:
-            output = loop.validation_step(self.train_model, move_to(batch, self.device))
+            with self._autocast():
+                output = loop.validation_step(self.train_model, move_to(batch, self.device))
             if output.loss is not None:
                 loss_sum, steps = loss_sum + output.loss.item(), steps + 1
             for metric in loop.val_metrics.values():
