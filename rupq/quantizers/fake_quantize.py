@@ -78,9 +78,13 @@ def learnable_step(step: torch.Tensor, grad_scale: float) -> torch.Tensor:
 
 
 def standard_deviation(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """``max(std, ε)`` of ``x`` over ``dims`` (unbiased, dims kept)."""
+    """``max(std, ε)`` of ``x`` over ``dims`` (unbiased, dims kept).
+
+    Clamped before the square root, whose derivative is infinite at 0: a constant tensor (a dead
+    channel, an input collapsed to one value) gets σ = ε and a zero gradient, not NaN.
+    """
     var, _ = torch.var_mean(x, dim=dims, keepdim=True, correction=1)
-    return var.sqrt().clamp_min(SIGMA_EPSILON)
+    return var.clamp_min(SIGMA_EPSILON**2).sqrt()
 
 
 def sigma_rule(std: torch.Tensor, ema: torch.Tensor | None, momentum: float) -> torch.Tensor:

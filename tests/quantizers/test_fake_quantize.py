@@ -5,7 +5,7 @@ import torch
 from formula_paths import formula  # noqa: F401 (fixture)
 from quantizer_reference import reference_grid
 
-from rupq.quantizers.fake_quantize import STEP_EPSILON, fake_quantize, integer_range, step_gradient_scale
+from rupq.quantizers.fake_quantize import SIGMA_EPSILON, STEP_EPSILON, fake_quantize, integer_range, step_gradient_scale
 
 
 def lsq_quantize(x, step, n, p, sigma=None, offset=None, formula=fake_quantize):
@@ -200,3 +200,13 @@ def test_backward_keeps_only_the_input_and_small_tensors():
     out = lsq_quantize(x, step, -8, 7)
     big = [t for t in out.grad_fn.saved_tensors if t is not None and t.numel() > 1]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
+
+
+def test_constant_tensor_is_standardized_by_epsilon_with_finite_gradients(formula):
+    """A dead channel or an input collapsed to one value (σ = 0 would divide by zero)."""
+    x = torch.zeros(4, 8, 5, 5, requires_grad=True)
+    step, offset = torch.tensor(0.0, requires_grad=True), torch.tensor(0.0, requires_grad=True)
+    out, sigma = formula(x, step, 0, 15, 0.01, offset=offset, std_dims=(0, 1, 2, 3), ema=torch.tensor(1.0), momentum=0.9)
+    assert sigma.item() == pytest.approx(0.9 + 0.1 * SIGMA_EPSILON)
+    out.backward(torch.randn_like(out))
+    assert all(torch.isfinite(t.grad).all() for t in (x, step, offset))
