@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Training speed of a quantized model on all visible GPUs, in both multi-GPU modes:
-#   1. one process, DataParallel:   python rupq/main.py --gpu 0,1,… …
-#   2. one process per GPU, DDP:    torchrun --standalone --nproc_per_node N rupq/main.py …
-# and the steps per second of each. The model is the quickstart's RUPQ w4a4 small ResNet on
-# synthetic 28×28 images (written once into the work folder), global batch = per-GPU batch × N,
-# one epoch of --steps iterations and one validation batch. Steps/s = steps / time_s from
-# results.json: it includes the first (warm-up) step and the validation batch.
+# The checks that need a GPU, in one script:
+#   1. the compiled quantizer formula on CUDA against the CPU oracle (tests/quantizers/test_cuda.py);
+#   2. bench/bench_qat.py --device cuda: QAT vs FP step time, batch 256, 224×224 (the README's GPU rows);
+#   3. training speed of a quantized model on all visible GPUs, in both multi-GPU modes:
+#      one process, DataParallel:   python rupq/main.py --gpu 0,1,… …
+#      one process per GPU, DDP:    torchrun --standalone --nproc_per_node N rupq/main.py …
+#      and the steps per second of each: the quickstart's RUPQ w4a4 small ResNet on synthetic
+#      28×28 images, global batch = per-GPU batch × N, one epoch of --steps iterations and one
+#      validation batch (steps / time_s of results.json: warm-up step and validation included).
 #
 # Usage: scripts/gpu_check.sh [--steps 50] [--batch_per_gpu 256] [--workdir DIR] [--dry-run [--gpus N]]
 #   --dry-run  write the data and config, print the commands, run nothing (needs no GPU);
@@ -84,13 +86,20 @@ PYTHON
 data_parallel=("$python" rupq/main.py --config "$workdir/config.yaml" --logdir "$workdir/data_parallel" --gpu "$gpu_list")
 distributed=("$python" -m torch.distributed.run --standalone --nproc_per_node "$gpus"
              rupq/main.py --config "$workdir/config.yaml" --logdir "$workdir/distributed" --gpu "$gpu_list")
+cuda_tests=("$python" -m pytest -q -p no:cacheprovider tests/quantizers/test_cuda.py)
+benchmark=("$python" -m bench.bench_qat --device cuda --steps 20)
 
 echo "gpu_check: $gpus GPU(s) ($gpu_list), global batch $batch, $steps steps, work folder $workdir"
 if [[ $dry_run == 1 ]]; then
   echo "DataParallel: ${data_parallel[*]}"
   echo "DDP: ${distributed[*]}"
+  echo "CUDA formula: ${cuda_tests[*]}"
+  echo "benchmark: ${benchmark[*]}"
   exit 0
 fi
+
+RUPQ_COMPILE=1 "${cuda_tests[@]}"
+"${benchmark[@]}"
 
 steps_per_second() {  # the newest run under $1
   local results
