@@ -49,7 +49,7 @@ def all_finite(tensors) -> bool:
 
 
 # Found by this test: with every step at 0, layers whose input collapses to one constant value
-# get σ = 0; the quantizers now divide by max(σ, SIGMA_EPSILON) (rupq/quantizers/transformations.py).
+# get σ = 0; the quantizers now divide by max(σ, SIGMA_EPSILON) (rupq/quantizers/fake_quantize.py).
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ class Trainer:
         precision: str = "fp32",
     ):
         self.model = model
-        self.train_model = train_model or model  # DataParallel/DDP wrapper when there is one
+        self.train_model = model if train_model is None else train_model  # DataParallel/DDP wrapper, compiled model
         self.training_loop = training_loop
         self.optimizers = optimizers
         self.epochs = epochs
