@@ -35,7 +35,7 @@ import torchvision
 from bench.chain_reference import install_chain_reference
 from rupq.config import load_config
 from rupq.quantizers import MinErrorInitializer, initialize_quantizers
-from rupq.quantizers.fake_quantize import quantize
+from rupq.quantizers.compiled import quantize
 
 RECIPES = Path(__file__).resolve().parents[1] / "rupq" / "examples" / "quantized" / "classification" / "resnet18"
 TARGETS = {"train": 1.20, "train_compiled": 1.15, "eval": 1.10, "memory": 1.30, "init_s": 3.0}

@@ -13,7 +13,8 @@ import torch.distributed as dist
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers.fake_quantize import integer_range, quantize, sigma_rule, standard_deviation, step_gradient_scale
+from rupq.quantizers.compiled import quantize
+from rupq.quantizers.fake_quantize import integer_range, sigma_rule, standard_deviation, step_gradient_scale
 from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
 from rupq.quantizers.transformations import Standardization
 

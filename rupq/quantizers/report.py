@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from rupq.quantizers.fake_quantize import quantize
+from rupq.quantizers.compiled import quantize
 from rupq.quantizers.modules import QuantModule
 from rupq.quantizers.quantizers import StepQuantizer
 from rupq.quantizers.transformations import Standardization

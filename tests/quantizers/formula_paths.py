@@ -7,7 +7,8 @@ on a 2-core machine); the tests that take this fixture also run the compiled gra
 
 import pytest
 
-from rupq.quantizers.fake_quantize import CompiledFormula, fake_quantize
+from rupq.quantizers.compiled import CompiledFormula
+from rupq.quantizers.fake_quantize import fake_quantize
 
 COMPILED = CompiledFormula(enabled=True)
 

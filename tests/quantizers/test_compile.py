@@ -14,7 +14,7 @@ from torch import nn
 
 from rupq.config import load_config
 from rupq.quantizers import initialize_quantizers
-from rupq.quantizers.fake_quantize import quantize
+from rupq.quantizers.compiled import quantize
 
 RUPQ_RECIPE = "rupq/examples/quantized/classification/resnet18/w4a4_rupq.yaml"
 

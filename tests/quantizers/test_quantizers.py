@@ -6,7 +6,8 @@ from quantizer_reference import reference_quantize
 from test_fake_quantize import _close, summation_tolerance
 
 from rupq.quantizers import MeanStdInitializer, MinErrorInitializer, Standardization, StepOffsetQuantizer, StepQuantizer
-from rupq.quantizers.fake_quantize import fake_quantize, quantize
+from rupq.quantizers.compiled import quantize
+from rupq.quantizers.fake_quantize import fake_quantize
 from rupq.quantizers.fake_quantize import standard_deviation as formula_std
 
 

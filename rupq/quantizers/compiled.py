@@ -1,0 +1,92 @@
+"""The quantizer formula compiled by ``torch.compile``: one code path on every device.
+
+Inductor turns :func:`~rupq.quantizers.fake_quantize.fake_quantize` into C++ loops on the CPU and
+Triton kernels on CUDA, fusing the std, the grid and their backward into a few passes over each
+tensor. Graphs are compiled on first use with dynamic shapes and kept in inductor's on-disk cache
+(``/tmp/torchinductor_$USER``), so a second process starts fast. ``RUPQ_COMPILE=0``, or a machine
+where compiling fails (no C++ compiler), runs the same function eagerly after one warning.
+"""
+
+import contextlib
+import os
+import warnings
+
+import torch
+
+from rupq.quantizers.fake_quantize import fake_quantize
+
+
+def _compile_enabled() -> bool:
+    setting = os.environ.get("RUPQ_COMPILE", "1").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        warnings.warn("RUPQ_COMPILE=0: the quantizers run eagerly (slower; same formula)", stacklevel=3)
+        return False
+    return True
+
+
+class CompiledFormula:
+    """:func:`fake_quantize` compiled once per process with dynamic shapes; eager after one
+    warning when compiling is switched off (``RUPQ_COMPILE=0``) or fails on this machine.
+
+    ``enabled``: ``True`` compiles, ``False`` runs eagerly, ``None`` (default) reads
+    ``RUPQ_COMPILE`` on the first call.
+
+    One graph serves every layer, batch and image size; a new one is compiled per kind of call
+    (training or no-grad, with or without offset / σ / input gradient, one row or one per
+    channel, rows of at most or more than 4096 elements — inductor's CPU reductions differ —,
+    a batch of one): a couple of dozen at most, hence the raised recompile limit.
+    """
+
+    RECOMPILE_LIMIT = 64
+
+    def __init__(self, enabled: bool | None = None):
+        self.compiled = None
+        self.enabled = enabled
+        self.eager_calls = False
+
+    @contextlib.contextmanager
+    def eagerly(self):
+        """Within it the formula runs uncompiled: for one-off passes (quantizer initialisation)
+        that would otherwise compile graphs used once."""
+        previous, self.eager_calls = self.eager_calls, True
+        try:
+            yield
+        finally:
+            self.eager_calls = previous
+
+    def __call__(self, *args, **kwargs):
+        if self.eager_calls or torch.compiler.is_compiling():  # inside a compiled model: traced into its graph
+            return fake_quantize(*args, **kwargs)
+        if self.enabled is None:
+            self.enabled = _compile_enabled()
+        if self.enabled and self.compiled is None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.RECOMPILE_LIMIT)
+            self.compiled = torch.compile(fake_quantize, dynamic=True)
+        if not self.enabled:
+            return fake_quantize(*args, **kwargs)
+        try:
+            # Without duck sizing, an image whose height equals its width compiles the same
+            # graph as any other (sizes that happen to be equal are not assumed to stay equal).
+            with torch.fx.experimental._config.patch(use_duck_shape=False):
+                return self.compiled(*args, **kwargs)
+        except Exception as error:
+            if not _is_compiler_failure(error):
+                raise
+            self.enabled = False
+            warnings.warn(
+                f"torch.compile failed ({type(error).__name__}: {str(error).strip().splitlines()[0][:200]}); "
+                "the quantizers run eagerly (slower; same formula). Set RUPQ_COMPILE=0 to skip the attempt.",
+                stacklevel=2,
+            )
+            return fake_quantize(*args, **kwargs)
+
+
+def _is_compiler_failure(error: Exception) -> bool:
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    return isinstance(error, (BackendCompilerFailed, InvalidCxxCompiler))
+
+
+#: What the quantizer modules call.
+quantize = CompiledFormula()
