@@ -177,7 +177,6 @@ def fashion_iterations(budget: Budget, root: str | None) -> int:
 
 
 def count_fashion_images(root: str) -> int:
-    sys.path.insert(0, str(REPO))
     from rupq.dataloaders.fashion_mnist import FILES, _find, fashion_mnist_folder, read_idx
 
     folder = fashion_mnist_folder(root)

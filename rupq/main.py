@@ -1,4 +1,4 @@
-"""Command line: ``python rupq/main.py --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]``.
+"""Command line: ``rupq train --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]``.
 
 Several GPUs in one process: ``--gpu 0,1`` (DataParallel). One process per GPU, on one or several
 machines: ``torchrun --nproc_per_node N [--nnodes M …] rupq/main.py …`` (DistributedDataParallel,
@@ -15,14 +15,12 @@ import shutil
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `import rupq` work without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rupq.errors import ConfigError, RupqError  # noqa: E402  (no torch import yet: --gpu comes first)
+# `import rupq` needs the package installed (`pip install -e .`, see the README).
+from rupq.errors import ConfigError, RupqError  # no torch import yet: --gpu comes first
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="rupq", description="Train or quantize a model from a YAML config.")
+    parser = argparse.ArgumentParser(prog="rupq train", description="Train or quantize a model from a YAML config.")
     parser.add_argument("--config", required=True, help="YAML config (see rupq/examples)")
     parser.add_argument("--logdir", required=True, help="runs go to LOGDIR/version_N (next free N)")
     parser.add_argument("--load", help="model.ckpt of an earlier run, or torchvision:resnet18 / torchvision:mobilenet_v2")
