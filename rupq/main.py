@@ -11,11 +11,12 @@ with status 2 (``--debug`` shows the traceback).
 import argparse
 import gc
 import os
-import shutil
 import sys
+import warnings
 from pathlib import Path
 
 # `import rupq` needs the package installed (`pip install -e .`, see the README).
+from rupq.config import effective_config_text
 from rupq.errors import ConfigError, RupqError  # no torch import yet: --gpu comes first
 
 
@@ -29,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the devices the processes of each machine take by LOCAL_RANK)")
     parser.add_argument("--sync_bn", action="store_true",
                         help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                        help="change the config before it is built: a dotted path and a YAML value, e.g. "
+                        "--set task.epochs=1 dataset.batch_size=64 (repeatable)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return parser.parse_args(argv)
 
@@ -55,14 +59,14 @@ def next_version_dir(logdir: Path) -> Path:
 
 
 def make_version_dir(args: argparse.Namespace, parallel) -> Path:
-    """The main process creates ``LOGDIR/version_N`` and copies the config; all get its path."""
+    """The main process creates ``LOGDIR/version_N`` and writes the effective config; all get its path."""
     from rupq.tools.training.parallel import broadcast_from_main
 
     created, failure = None, None
     if parallel.is_main:
         try:
             created = next_version_dir(Path(args.logdir))
-            shutil.copyfile(args.config, created / "config.yaml")
+            (created / "config.yaml").write_text(effective_config_text(args.config, args.overrides))
             print(f"writing to {created}", flush=True)
         except Exception as error:  # raised after the broadcast, so no process waits forever
             failure = error
@@ -75,11 +79,18 @@ def make_version_dir(args: argparse.Namespace, parallel) -> Path:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from rupq.config import load_config, location_of
+    from rupq.config import ConfigCaseWarning, load_config, location_of
     from rupq.tools.training.parallel import setup_parallelism
     from rupq.tools.training.task import RunContext, Task
 
-    config = load_config(args.config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigCaseWarning)
+        config = load_config(args.config, args.overrides)
+    for warning in caught:  # one line each, like the errors (not Python's "file:line: Category" form)
+        if issubclass(warning.category, ConfigCaseWarning):
+            print(f"warning: {warning.message}", file=sys.stderr, flush=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     task = config.get("task")
     if not isinstance(task, Task):
         found = "nothing" if task is None else type(task).__name__
@@ -90,6 +101,7 @@ def run(args: argparse.Namespace) -> Path:
         context = RunContext(
             version_dir=version_dir, device=parallel.device, load=args.load, checkpoint_path=args.checkpoint_path,
             rank=parallel.rank, world_size=parallel.world_size, wrap_model=parallel.wrap_model,
+            overrides=list(args.overrides),
         )
         try:
             task.run(context)

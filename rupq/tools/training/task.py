@@ -35,6 +35,7 @@ class RunContext:
     checkpoint_path: str | None = None
     rank: int = 0
     world_size: int = 1
+    overrides: list[str] = field(default_factory=list)  # the command line's --set KEY=VALUE, for results.json
     # Wraps the initialised model for several devices (DataParallel/DDP); identity otherwise.
     wrap_model: Callable[[nn.Module], nn.Module] = field(default=lambda model: model)
 
@@ -246,6 +247,6 @@ class Task:
             seed_everything(process_seed(self.seed, context.rank, trainer.global_step))
         logged = trainer.fit()
         if context.is_main and context.version_dir is not None:
-            results = json.dumps(logged, indent=2, sort_keys=True) + "\n"
+            results = json.dumps({**logged, "overrides": context.overrides}, indent=2, sort_keys=True) + "\n"
             save_atomic(results.encode(), context.version_dir / "results.json")
         return logged
