@@ -11,7 +11,9 @@ with status 2 (``--debug`` shows the traceback).
 import argparse
 import gc
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                         help="change the config before it is built: a dotted path and a YAML value, e.g. "
                         "--set task.epochs=1 dataset.batch_size=64 (repeatable)")
+    parser.add_argument("--fast-dev-run", metavar="N", nargs="?", type=int, const=2, default=None,
+                        help="check that the config runs end to end: one epoch of N (default 2) training and N "
+                        "validation batches with every callback; writes nothing to LOGDIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return parser.parse_args(argv)
 
@@ -59,15 +64,23 @@ def next_version_dir(logdir: Path) -> Path:
 
 
 def make_version_dir(args: argparse.Namespace, parallel) -> Path:
-    """The main process creates ``LOGDIR/version_N`` and writes the effective config; all get its path."""
+    """The main process creates ``LOGDIR/version_N`` and writes the effective config; all get its path.
+
+    A fast dev run writes to a temporary folder instead (deleted when it ends): nothing in LOGDIR,
+    so no later run reuses a checkpoint or a version number of it.
+    """
     from rupq.tools.training.parallel import broadcast_from_main
 
     created, failure = None, None
     if parallel.is_main:
         try:
-            created = next_version_dir(Path(args.logdir))
+            if args.fast_dev_run is not None:
+                created = Path(tempfile.mkdtemp(prefix="rupq-fast-dev-run-"))
+                print(f"fast dev run: writing to {created} (deleted at the end), nothing to {args.logdir}", flush=True)
+            else:
+                created = next_version_dir(Path(args.logdir))
+                print(f"writing to {created}", flush=True)
             (created / "config.yaml").write_text(effective_config_text(args.config, args.overrides))
-            print(f"writing to {created}", flush=True)
         except Exception as error:  # raised after the broadcast, so no process waits forever
             failure = error
     path = broadcast_from_main(None if created is None else str(created))
@@ -95,13 +108,16 @@ def run(args: argparse.Namespace) -> Path:
     if not isinstance(task, Task):
         found = "nothing" if task is None else type(task).__name__
         raise ConfigError(f"the config needs a top-level `task: !Task`, found {found}", args.config)
+    if args.fast_dev_run is not None and args.fast_dev_run < 1:
+        raise ConfigError(f"--fast-dev-run {args.fast_dev_run}: the number of batches must be at least 1")
     parallel = setup_parallelism(args.gpu, args.sync_bn)
+    version_dir = None
     try:
         version_dir = make_version_dir(args, parallel)
         context = RunContext(
             version_dir=version_dir, device=parallel.device, load=args.load, checkpoint_path=args.checkpoint_path,
             rank=parallel.rank, world_size=parallel.world_size, wrap_model=parallel.wrap_model,
-            overrides=list(args.overrides),
+            overrides=list(args.overrides), fast_dev_run=args.fast_dev_run,
         )
         try:
             task.run(context)
@@ -109,6 +125,8 @@ def run(args: argparse.Namespace) -> Path:
             raise error.at(location_of(task))
     finally:
         parallel.close()
+        if args.fast_dev_run is not None and parallel.is_main and version_dir is not None:
+            shutil.rmtree(version_dir, ignore_errors=True)
     return version_dir
 
 

@@ -36,6 +36,8 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     overrides: list[str] = field(default_factory=list)  # the command line's --set KEY=VALUE, for results.json
+    # --fast-dev-run N: one epoch of N training and N validation batches, every callback, then stop.
+    fast_dev_run: int | None = None
     # Wraps the initialised model for several devices (DataParallel/DDP); identity otherwise.
     wrap_model: Callable[[nn.Module], nn.Module] = field(default=lambda model: model)
 
@@ -95,11 +97,14 @@ class Task:
         callbacks: list | None = None,
         model_kwargs: dict | None = None,
         seed: int = 0,
+        log_every_n_steps: int = 50,
     ):
         if not isinstance(training_loop, TrainingLoop):
             raise ValueError(f"training_loop must be a !TrainingLoop, got {training_loop!r}")
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be at least 1, got {log_every_n_steps}")
         if check_val_every_n_epochs < 1:
             raise ValueError(f"check_val_every_n_epochs must be at least 1, got {check_val_every_n_epochs}")
         for callback in callbacks or []:
@@ -123,6 +128,7 @@ class Task:
         self.check_val_every_n_epochs = check_val_every_n_epochs
         self.callbacks = list(callbacks or [])
         self.seed = seed
+        self.log_every_n_steps = log_every_n_steps
 
     # ---- model ------------------------------------------------------------------------------
     def _base_model(self, context: RunContext, resume_state: dict | None) -> tuple[nn.Module, dict | None]:
@@ -217,22 +223,27 @@ class Task:
 
             if not any(isinstance(callback, QuantVarsCallback) for callback in callbacks):
                 callbacks.append(QuantVarsCallback())
+        fast = context.fast_dev_run is not None
         trainer = Trainer(
             model=model,
             training_loop=self.training_loop,
             optimizers=optimizers,
-            epochs=self.epochs,
+            epochs=1 if fast else self.epochs,
             device=context.device,
             callbacks=callbacks,
             log_dir=context.version_dir,
-            check_val_every_n_epochs=self.check_val_every_n_epochs,
+            check_val_every_n_epochs=1 if fast else self.check_val_every_n_epochs,
             seed=self.seed,
             model_checkpoint=lambda: model_checkpoint(model),
             train_model=context.wrap_model(model),
             is_main=context.is_main,
+            limit_batches=context.fast_dev_run,
+            log_every_n_steps=self.log_every_n_steps,
         )
         if resume_state is not None:
             trainer.load_state_dict(resume_state)
+            if fast:  # one epoch from where the checkpoint stopped
+                trainer.epochs = trainer.epoch + 1
             if trainer.epoch >= self.epochs:
                 raise ConfigError(
                     f"{context.checkpoint_path} already finished epoch {trainer.epoch} of {self.epochs}: "
@@ -246,6 +257,12 @@ class Task:
             # each process draws its own augmentations and dropout masks.
             seed_everything(process_seed(self.seed, context.rank, trainer.global_step))
         logged = trainer.fit()
+        if fast and context.is_main:
+            names = ", ".join(type(callback).__name__ for callback in callbacks)
+            print(f"fast dev run: {context.fast_dev_run} training and {context.fast_dev_run} validation batches of "
+                  f"epoch {trainer.epoch + 1} (of {self.epochs}) with callbacks {names}; "
+                  f"{len(optimizers)} optimizer(s), {'quantized' if quantized else 'full-precision'} "
+                  f"{architecture_of(model)['name']}", flush=True)
         if context.is_main and context.version_dir is not None:
             results = json.dumps({**logged, "overrides": context.overrides}, indent=2, sort_keys=True) + "\n"
             save_atomic(results.encode(), context.version_dir / "results.json")

@@ -6,6 +6,7 @@ A resumable checkpoint is written after every epoch and when the run is interrup
 (Ctrl-C, SIGTERM); resuming from it continues at the same iteration with the same RNG states.
 """
 
+import itertools
 import math
 import random
 import signal
@@ -98,6 +99,8 @@ class Trainer:
         model_checkpoint=None,
         train_model: nn.Module | None = None,
         is_main: bool = True,
+        limit_batches: int | None = None,
+        log_every_n_steps: int = 50,
     ):
         self.model = model
         self.train_model = train_model or model  # DataParallel/DDP wrapper when there is one
@@ -111,6 +114,9 @@ class Trainer:
         self.seed = seed
         self.model_checkpoint = model_checkpoint
         self.is_main = is_main
+        # At most this many training and validation batches per epoch (--fast-dev-run); None: all.
+        self.limit_batches = limit_batches
+        self.log_every_n_steps = log_every_n_steps
         self.epoch = 0
         self.start_batch = 0
         self.global_step = 0
@@ -131,6 +137,31 @@ class Trainer:
         self.logged[name] = float(value)
         if self.writer is not None:
             self.writer.add_scalar(name, float(value), self.epoch + 1 if step is None else step)
+
+    @property
+    def should_log_step(self) -> bool:
+        """Whether the step just taken is one to log (every ``log_every_n_steps``, main process only)."""
+        return self.writer is not None and self.global_step % self.log_every_n_steps == 0
+
+    def log_step_scalar(self, name: str, value: float) -> None:
+        """``step/<name>`` against the global step, for curves inside an epoch (not in ``logged``)."""
+        if self.writer is not None:
+            self.writer.add_scalar(f"step/{name}", float(value), self.global_step)
+
+    def _log_step(self, loss_value: float, metrics: dict) -> None:
+        self.log_step_scalar("train_target_loss", loss_value)
+        for name, metric in metrics.items():  # the epoch's running value, as the progress bar shows it
+            self.log_step_scalar(f"train_{name}", metric.compute())
+        for name, (optimizer, _) in self.optimizers.items():
+            self.log_step_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
+
+    def _log_config(self) -> None:
+        """The run's effective config (``config.yaml`` beside the event files) in TensorBoard's text tab."""
+        config = self.log_dir / "config.yaml" if self.log_dir is not None else None
+        if self.writer is not None and config is not None and config.is_file():
+            # Indented four spaces: a code block in TensorBoard's markdown, so YAML keeps its layout.
+            text = "\n".join("    " + line for line in config.read_text().splitlines())
+            self.writer.add_text("config", text, self.global_step)
 
     def log_figure(self, tag: str, figure) -> None:
         if self.writer is not None:
@@ -189,6 +220,7 @@ class Trainer:
     def fit(self) -> dict:
         started = time.time()
         with self._stop:
+            self._log_config()
             self._call("on_fit_start")
             for epoch in range(self.epoch, self.epochs):
                 self.epoch = epoch
@@ -202,6 +234,9 @@ class Trainer:
             self._writer.flush()
         self.logged["time_s"] = time.time() - started
         return self.logged
+
+    def _batches(self, loader) -> int:
+        return len(loader) if self.limit_batches is None else min(len(loader), self.limit_batches)
 
     def _metric_postfix(self, loss_sum: float, steps: int, metrics: dict) -> dict:
         postfix = {"loss": f"{loss_sum / max(steps, 1):.4g}"}
@@ -221,7 +256,7 @@ class Trainer:
         progress = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{self.epochs} train",
-            total=len(loader),
+            total=self._batches(loader),
             disable=not self.is_main,
             dynamic_ncols=True,
             mininterval=1.0,
@@ -253,11 +288,16 @@ class Trainer:
             with torch.no_grad():
                 for metric in loop.train_metrics.values():
                     metric.update(output.preds.detach(), output.targets)
+            if self.should_log_step:
+                self._log_step(loss_value, loop.train_metrics)
+            self._call("on_train_batch_end")
             if self.is_main and (steps % 10 == 0 or batch_index + 1 == len(loader) + start_batch):
                 progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
             if any_process(self._stop.requested, self.device):  # all processes stop after the same iteration
                 self.save_checkpoint(self.epoch, batch_index + 1)
                 raise TrainingInterrupted(self.checkpoint_path)
+            if steps == self.limit_batches:
+                break
         progress.close()
         synchronize_buffers(self.model)
         self._log_epoch("train", loss_sum, steps, loop.train_metrics)
@@ -294,11 +334,11 @@ class Trainer:
             metric.reset()
         loader = loop.dataset.val_dataloader()
         progress = tqdm(
-            loader, desc=f"epoch {self.epoch + 1}/{self.epochs} val", total=len(loader),
+            loader, desc=f"epoch {self.epoch + 1}/{self.epochs} val", total=self._batches(loader),
             disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False,
         )
         loss_sum, steps = 0.0, 0
-        for batch in progress:
+        for batch in itertools.islice(progress, self.limit_batches):
             output = loop.validation_step(self.train_model, move_to(batch, self.device))
             if output.loss is not None:
                 loss_sum, steps = loss_sum + output.loss.item(), steps + 1
