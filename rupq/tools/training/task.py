@@ -14,6 +14,7 @@ import torch.nn as nn
 from rupq.config import argument_locations, location_of
 from rupq.errors import CheckpointError, ConfigError, RupqError
 from rupq.models import architecture_of, create_model
+from rupq.quantizers import ModuleQuantizer, quantizers_of
 from rupq.tools.callbacks.base import Callback
 from rupq.tools.callbacks.model_saver import ModelSaver
 from rupq.tools.training.loops import TrainingLoop, move_to
@@ -23,6 +24,11 @@ from rupq.tools.training.trainer import Trainer
 from rupq.tools.utils.checkpoint import MODEL_FORMAT, TRAINING_FORMAT, load_checkpoint, save_atomic
 
 TORCHVISION_PREFIX = "torchvision:"
+
+
+def describe_arch(arch: dict) -> str:
+    kwargs = ", ".join(f"{key}={value}" for key, value in sorted(arch["kwargs"].items()))
+    return f"{arch['name']}({kwargs})" if kwargs else arch["name"]
 
 
 @dataclass
@@ -52,13 +58,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether a model parser wrapped any of its layers (decided by module type, not by names)."""
+    return any(isinstance(module, ModuleQuantizer) for module in model.modules())
+
+
+def quantizer_settings(model: nn.Module) -> dict[str, dict]:
+    """``{quantizer name: {type, bit_width, half_wave}}``: what a config decides and a state dict does not show."""
+    return {
+        name: {"type": type(quantizer).__name__, "bit_width": int(quantizer.bit_width), "half_wave": bool(quantizer.half_wave)}
+        for name, quantizer in quantizers_of(model)
+    }
+
+
 def model_checkpoint(model: nn.Module) -> dict:
     return {
         "format": MODEL_FORMAT,
         "arch": architecture_of(model),
-        "quantized": any("quantizer" in name for name, _ in model.named_modules()),
+        "quantized": is_quantized(model),
+        "quantizers": quantizer_settings(model),
         "state_dict": model.state_dict(),
     }
+
+
+def settings_difference(saved: dict[str, dict], built: dict[str, dict]) -> str | None:
+    """The first way the checkpoint's quantizers differ from the config's, in words (None: they match)."""
+    missing, extra = sorted(set(saved) - set(built)), sorted(set(built) - set(saved))
+    if missing or extra:
+        parts = [f"{len(missing)} quantizer(s) only in the checkpoint (e.g. {missing[0]})" if missing else "",
+                 f"{len(extra)} only in the config (e.g. {extra[0]})" if extra else ""]
+        return ", ".join(part for part in parts if part)
+    differing = [(name, key) for name in saved for key in ("type", "bit_width", "half_wave")
+                 if saved[name][key] != built[name][key]]
+    if not differing:
+        return None
+    name, key = differing[0]
+    more = f" (and {len(differing) - 1} more difference(s))" if len(differing) > 1 else ""
+    return f"{name} has {key} {saved[name][key]} in the checkpoint but {built[name][key]} in the config{more}"
 
 
 def torchvision_pretrained(arch: str) -> nn.Module:
@@ -84,6 +120,11 @@ def torchvision_pretrained(arch: str) -> nn.Module:
 class Task:
     """One experiment: a model (``model_arch`` or ``--load``), optionally quantized by
     ``model_parser``, trained for ``epochs`` by ``training_loop`` with ``optimizers``."""
+
+    # Set while build_model runs: the checkpoint being resumed, and the quantizer settings saved
+    # in a quantized checkpoint, checked against the config's model_parser once it has wrapped the model.
+    _resume_source: str | None = None
+    _saved_quantizers: dict | None = None
 
     def __init__(
         self,
@@ -136,6 +177,12 @@ class Task:
         where = location_of(self)
         if resume_state is not None:
             saved = resume_state["model"]
+            wanted = {"name": self.model_arch, "kwargs": self.model_kwargs}
+            if self.model_arch and saved["arch"] != wanted:
+                raise CheckpointError(
+                    f"{context.checkpoint_path} holds {describe_arch(saved['arch'])} but the config builds "
+                    f"{describe_arch(wanted)}"
+                )
             model = create_model(saved["arch"]["name"], **saved["arch"]["kwargs"])
             return self._load_into(model, saved, context.checkpoint_path)
         if self.model_arch and context.load:
@@ -163,7 +210,13 @@ class Task:
                     f"{source} holds a quantized model; its config needs the model_parser that quantized it",
                     location_of(self),
                 )
+            self._saved_quantizers = saved.get("quantizers")
             return model, saved["state_dict"]
+        if source == self._resume_source and self.model_parser is not None:
+            raise CheckpointError(
+                f"{source} was written by a full-precision run but the config quantizes the model (model_parser): "
+                "resume with the full-precision config, or start quantization with --load MODEL.ckpt"
+            )
         self._load_state(model, saved["state_dict"], source)
         return model, None
 
@@ -176,6 +229,8 @@ class Task:
             raise CheckpointError(f"{source} does not fit the model: {' '.join(lines[1:3])[:300]}") from None
 
     def build_model(self, context: RunContext, resume_state: dict | None = None) -> nn.Module:
+        self._resume_source = context.checkpoint_path if resume_state is not None else None
+        self._saved_quantizers = None
         model, pending_state = self._base_model(context, resume_state)
         if self.model_parser is not None:
             try:
@@ -183,7 +238,12 @@ class Task:
             except RupqError as error:
                 raise error.at(location_of(self.model_parser))
         if pending_state is not None:
-            self._load_state(model, pending_state, context.checkpoint_path or context.load)
+            source = context.checkpoint_path or context.load
+            if self._saved_quantizers is not None:  # checkpoints written before quantizer settings were saved have none
+                difference = settings_difference(self._saved_quantizers, quantizer_settings(model))
+                if difference:
+                    raise CheckpointError(f"{source} does not fit the config's model_parser: {difference}")
+            self._load_state(model, pending_state, source)
         return model.to(context.device)
 
     def initialize_quantizers(self, model: nn.Module, context: RunContext) -> None:
@@ -241,7 +301,10 @@ class Task:
             log_every_n_steps=self.log_every_n_steps,
         )
         if resume_state is not None:
-            trainer.load_state_dict(resume_state)
+            try:
+                trainer.load_state_dict(resume_state)
+            except RupqError as error:
+                raise error.at(context.checkpoint_path)
             if fast:  # one epoch from where the checkpoint stopped
                 trainer.epochs = trainer.epoch + 1
             if trainer.epoch >= self.epochs:

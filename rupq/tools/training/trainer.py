@@ -189,6 +189,7 @@ class Trainer:
             "format": TRAINING_FORMAT,
             "model": self.model_checkpoint(),
             "optimizers": {name: opt.state_dict() for name, (opt, _) in self.optimizers.items()},
+            "optimizer_types": {name: type(opt).__name__ for name, (opt, _) in self.optimizers.items()},
             "schedulers": {name: s.state_dict() for name, (_, s) in self.optimizers.items() if s is not None},
             "epoch": epoch,
             "batch": batch,
@@ -203,13 +204,34 @@ class Trainer:
             save_atomic(self.state_dict(epoch, batch), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore everything but the model (which the task loaded already)."""
+        """Restore everything but the model (which the task loaded already).
+
+        A checkpoint whose optimizers do not fit the config's (other names, classes, schedulers or
+        parameter groups) is a ``RupqError`` that says what differs, not a traceback from torch.
+        """
+        saved, configured = sorted(state["optimizers"]), sorted(self.optimizers)
+        if saved != configured:
+            raise RupqError(f"the checkpoint's optimizers are {', '.join(saved)}; the config's are {', '.join(configured)}")
         for name, (optimizer, scheduler) in self.optimizers.items():
-            if name not in state["optimizers"]:
-                raise RupqError(f"the checkpoint has no state for optimizer '{name}' (it has {sorted(state['optimizers'])})")
-            optimizer.load_state_dict(state["optimizers"][name])
-            if scheduler is not None and name in state["schedulers"]:
-                scheduler.load_state_dict(state["schedulers"][name])
+            saved_type = state.get("optimizer_types", {}).get(name, type(optimizer).__name__)
+            if saved_type != type(optimizer).__name__:
+                raise RupqError(f"optimizer '{name}' is {saved_type} in the checkpoint but {type(optimizer).__name__} in the config")
+            if (scheduler is not None) != (name in state["schedulers"]):
+                where = "the config" if scheduler is not None else "the checkpoint"
+                raise RupqError(f"optimizer '{name}' has a scheduler only in {where}")
+            groups = [len(group["params"]) for group in state["optimizers"][name]["param_groups"]]
+            current = [len(group["params"]) for group in optimizer.param_groups]
+            if groups != current:
+                raise RupqError(
+                    f"optimizer '{name}' trained {sum(groups)} parameter tensors in the checkpoint but gets "
+                    f"{sum(current)} from the config: another model, model_parser or model_params_type"
+                )
+            try:
+                optimizer.load_state_dict(state["optimizers"][name])
+                if scheduler is not None:
+                    scheduler.load_state_dict(state["schedulers"][name])
+            except (ValueError, KeyError) as error:
+                raise RupqError(f"optimizer '{name}': the checkpoint's state does not fit: {error}") from None
         self.epoch, self.start_batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
         self.logged = dict(state.get("logged", {}))
         for callback, callback_state in zip(self.callbacks, state.get("callbacks", [])):
