@@ -113,7 +113,7 @@ class _ConfigLoader(yaml.SafeLoader):
             raise ConfigError(f"cannot read this value: {error}", _location(self.config_path, node)) from error
 
 
-# YAML 1.1 reads `5e-4` (no dot) as a string; the seed configs write numbers that way.
+# YAML 1.1 reads `5e-4` (no dot) as a string; the original RUPQ configs write numbers that way.
 _FLOAT = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
