@@ -320,12 +320,6 @@ def _accepted_arguments(tag: str) -> list[str] | None:
     return [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-def _describe_node(node: yaml.Node, path: str) -> str:
-    if node.tag.startswith("!"):
-        return f"{path} (a {node.tag})"
-    return path or "the top level"
-
-
 def _replace_in_place(target: yaml.Node, value: yaml.Node) -> None:
     """Make ``target`` the new value: every alias of it (a shared anchor) sees the change."""
     target.__class__ = value.__class__
@@ -334,15 +328,15 @@ def _replace_in_place(target: yaml.Node, value: yaml.Node) -> None:
 
 
 def apply_override(root: yaml.Node, key: str, value: yaml.Node, text: str) -> None:
-    """Set ``key`` (dotted, through mappings) of the composed config ``root`` to ``value``.
+    """Set ``key`` (dotted, through mappings and list indices) of the composed config ``root`` to ``value``.
 
     A mapping key may itself contain dots (a layer name such as ``layer4.1.conv2`` in
     ``exceptions``): the longest key that matches the rest of the path wins. A missing key may
     be added only to a tagged object whose class takes that argument (``task.seed``); anywhere
     else it is an error naming the closest keys, so that a typo never passes as a new key.
     """
-    node, walked = _walk(root, key, text, create_from=value)
-    if node is not None:
+    node, _ = _walk(root, key, text, create_from=value)
+    if node is not None:  # None: added as a new argument
         _replace_in_place(node, value)
 
 

@@ -2,7 +2,8 @@
 
 A callback sees the running :class:`~rupq.tools.training.loop.Trainer` at fixed hook points.
 The trainer exposes ``model`` (the unwrapped ``nn.Module``), ``device``, ``epoch`` (0-based),
-``epochs``, ``global_step``, ``is_last_epoch``, ``training_loop`` (its ``dataset`` gives
+``epochs``, ``global_step``, ``is_last_epoch``, ``limit_batches`` (``--fast-dev-run``'s batch
+limit, None otherwise: a callback that iterates a dataset itself stops there), ``training_loop`` (its ``dataset`` gives
 ``train_dataloader()`` / ``val_dataloader()``), ``log_dir``, ``logged`` (the last value of every
 logged name) and ``log_scalar(name, value)`` / ``log_figure(tag, figure)`` /
 ``log_text(message)``, which write on the main process only. Every ``log_every_n_steps`` training
