@@ -1,4 +1,5 @@
-"""Command line: ``rupq train --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]``.
+"""Command line: ``rupq train --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]
+[--set KEY=VALUE …] [--fast-dev-run [N]]`` (also ``python rupq/main.py …`` and ``python -m rupq train …``).
 
 Several GPUs in one process: ``--gpu 0,1`` (DataParallel). One process per GPU, on one or several
 machines: ``torchrun --nproc_per_node N [--nnodes M …] rupq/main.py …`` (DistributedDataParallel,
