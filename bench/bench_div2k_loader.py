@@ -10,7 +10,6 @@ second, for DataLoader workers = ``--workers`` and for loading in the main proce
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,9 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rupq.dataloaders import DIV2KDataloader  # noqa: E402
+from rupq.dataloaders import DIV2KDataloader
 
 DIV2K_SIZE = (2040, 1356)
 

@@ -11,6 +11,9 @@ background load hits them alike:
   (the default: :mod:`rupq.quantizers.fake_quantize` under ``torch.compile``), the rest eager;
 - ``RUPQ w4a4, eager formula``: the same formula uncompiled (``RUPQ_COMPILE=0``);
 - ``chain-of-ops reference``: SPEC §1 written literally (``bench/chain_reference.py``);
+- ``conv1 input quantizer frozen``: RUPQ w4a4 without gradients for the first layer's input
+  step and offset, so that autograd skips conv1's input gradient (the images need none): the
+  difference to RUPQ w4a4 is what that gradient costs, the most a first-layer shortcut could save;
 - ``FP compiled`` / ``RUPQ w4a4 compiled``: the whole model under ``torch.compile`` (the
   Task's ``compile: true``).
 
@@ -44,6 +47,7 @@ NAMES = {
     "rupq": "RUPQ w4a4 (compiled quantizers)",
     "lsqplus": "LSQ+ w4a4 (compiled quantizers)",
     "rupq_eager": "RUPQ w4a4, eager formula",
+    "rupq_no_input_grad": "RUPQ w4a4, conv1 input quantizer frozen",
     "reference": "chain-of-ops reference (RUPQ w4a4)",
     "fp_compiled": "FP compiled",
     "rupq_compiled": "RUPQ w4a4 compiled",
@@ -84,6 +88,8 @@ class Variant:
             initialize_quantizers(self.model, images)
         if kind == "reference":
             install_chain_reference(self.model)
+        if kind == "rupq_no_input_grad":
+            self.model.conv1.quantizer.input_quantizer.requires_grad_(False)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         self.call = torch.compile(self.model, dynamic=True) if kind.endswith("_compiled") else self.model
 
@@ -227,6 +233,8 @@ def main() -> None:
             note = _verdict(against_compiled, TARGETS["train_compiled"])
         print(f"  {label:42s}{train[kind] * 1e3:8.1f} ms{against_fp:12.2f}{against_compiled:16.2f}"
               f"{first[kind]:10.1f} s  {note}")
+    share = (train["rupq"] - train["rupq_no_input_grad"]) / train["rupq"]
+    print(f"  conv1's input gradient (only for its input quantizer's step and offset): {share:.1%} of the RUPQ step")
     print(f"\neval (no autograd){'':26s}{'median':>10s}{'vs FP eager':>13s}")
     for kind in eval_kinds:
         ratio = evaluation[kind] / evaluation["fp" if not kind.endswith("_compiled") else "fp_compiled"]

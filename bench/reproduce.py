@@ -7,12 +7,12 @@ trained once, then quantized from its ``model.ckpt`` (``--load``) with LSQ+ and 
 w2a2, w3a3 and w4a4. Super-resolution: a small EDSR (×2) on the real-photo demo set of
 ``scripts/make_sr_demo_data.py``, against bicubic upscaling, at w4a4 and w2a2.
 
-Every run is an ordinary ``rupq/main.py`` run. Its config is *derived from the paper's config*
-(``rupq/examples/float/...`` and ``rupq/examples/quantized/...``): the quantizers, initializers,
-optimizers, learning rates, bit-width exceptions and half-wave rules are kept verbatim; only
-the dataset, the model, the epochs, the schedule lengths (``T_max`` / milestones, scaled to the
-same fraction of training) and ``seed:`` are replaced. The derived configs are written to
-``LOGDIR/configs/`` for inspection.
+Every run is an ordinary ``rupq/main.py --config PAPER_CONFIG --set …`` run: the paper's config
+(``rupq/examples/float/...`` and ``rupq/examples/quantized/...``) with command-line overrides.
+The quantizers, initializers, optimizers, learning rates, bit-width exceptions and half-wave
+rules are kept; only the dataset, the model, the epochs, the schedule lengths (``T_max`` /
+milestones, scaled to the same fraction of training) and ``seed`` are replaced. The effective
+configs are written to ``LOGDIR/configs/`` for inspection.
 
 ``--budget`` picks the size: ``tiny`` (a smoke test, seconds), ``cpu`` (a Fashion-MNIST subset,
 the whole report in well under an hour on 2 cores), ``gpu`` (full Fashion-MNIST, longer
@@ -34,12 +34,15 @@ import os
 import platform
 import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from rupq.config import config_tree, config_value_text, effective_config_text, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "rupq" / "main.py"
@@ -73,8 +76,8 @@ class Budget:
     sr_repeat: int  # patches drawn per training photo and epoch
     sr_fp_epochs: int
     sr_qat_epochs: int
-    # Adam learning rate of the FP EDSR (None: the seed's 1e-4, made for 300 000 iterations; a
-    # few hundred iterations at 1e-4 leave a small EDSR below bicubic). QAT keeps the seed's.
+    # Adam learning rate of the FP EDSR (None: the paper config's 1e-4, made for 300 000 iterations; a
+    # few hundred iterations at 1e-4 leave a small EDSR below bicubic). QAT keeps the paper's.
     sr_fp_lr: float | None = None
 
 
@@ -115,55 +118,59 @@ PUBLISHED = {
 
 
 # ---- deriving configs from the paper's ones -----------------------------------------------------
-def substitute(text: str, pattern: str, replacement, source: Path, flags=0) -> str:
-    """``re.subn`` that insists on at least one match, so a changed seed config fails loudly."""
-    result, count = re.subn(pattern, replacement, text, flags=flags)
-    if count == 0:
-        raise SystemExit(f"error: {source}: expected to find /{pattern}/ to adapt the config; has it changed?")
-    return result
+@dataclass(frozen=True)
+class DerivedRun:
+    """A paper config and the ``--set`` overrides that adapt it; ``rupq/main.py`` applies them."""
+
+    source: Path
+    overrides: tuple[str, ...]
+
+    def effective_text(self) -> str:
+        """What the run writes to ``version_N/config.yaml`` (compared to find a finished run to reuse)."""
+        return effective_config_text(str(self.source), self.overrides)
 
 
-def set_task_fields(text: str, source: Path, **fields) -> str:
-    """Add ``key: value`` lines right under ``task: !Task`` (after the indentation it uses)."""
-    match = re.search(r"^task: !Task\n(\s+)\S", text, flags=re.M)
-    if not match:
-        raise SystemExit(f"error: {source}: no `task: !Task` mapping found")
-    indent = match.group(1)
-    lines = "".join(f"{indent}{key}: {json.dumps(value)}\n" for key, value in fields.items())
-    return text.replace("task: !Task\n", "task: !Task\n" + lines, 1)
+def flow(value) -> str:
+    """A Python value as a one-line YAML value (JSON is YAML)."""
+    return json.dumps(value)
 
 
-def drop_image_callback(text: str) -> str:
-    """Remove ``!QuantImagesCallback``: TensorBoard pictures only, not part of the recipe, and seconds of
+def schedule_overrides(tree: dict, total_steps: int, seed_total: int | None, source: Path) -> list[str]:
+    """``T_max`` of every scheduler set to ``total_steps``; ``milestones`` scaled to the same fraction of training."""
+    overrides = []
+    for name, entry in tree["task"]["optimizers"].items():
+        params = (entry.get("scheduler") or {}).get("params") or {}
+        prefix = f"task.optimizers.{name}.scheduler.params"
+        if "T_max" in params:
+            overrides.append(f"{prefix}.T_max={total_steps}")
+        if "milestones" in params:
+            if seed_total is None:
+                raise SystemExit(f"error: {source}: milestones without a known schedule length")
+            scaled = [max(1, round(v / seed_total * total_steps)) for v in params["milestones"]]
+            overrides.append(f"{prefix}.milestones={flow(scaled)}")
+    return overrides
+
+
+def callbacks_without_images(source: Path) -> list[str]:
+    """Drop ``!QuantImagesCallback``: TensorBoard pictures only, not part of the recipe, and seconds of
     matplotlib per layer that the small budgets cannot spare (``QuantVarsCallback`` stays: Task adds it)."""
-    text = re.sub(r"(?m)^\s+- !QuantImagesCallback\n?", "", text)
-    return re.sub(r"(?m)^\s+callbacks:\n(?!\s+- )", "", text)
+    callbacks = load_config(source)["task"].callbacks
+    kept = [index for index, callback in enumerate(callbacks) if type(callback).__name__ != "QuantImagesCallback"]
+    if len(kept) == len(callbacks):
+        return []
+    items = ", ".join(config_value_text(source, f"task.callbacks.{index}") for index in kept)
+    return [f"task.callbacks=[{items}]"]
 
 
-def scale_schedule(text: str, source: Path, total_steps: int, seed_total: int | None = None) -> str:
-    """Replace ``T_max`` by ``total_steps`` and scale ``milestones`` to the same fraction of training."""
-    text = re.sub(r"T_max: \d+.*", f"T_max: {total_steps}  # epochs × iterations per epoch", text)
-    if "milestones" in text:
-        if seed_total is None:
-            raise SystemExit(f"error: {source}: milestones without a known schedule length")
-
-        def scaled(match):
-            values = [int(v) for v in match.group(1).split(",")]
-            return "milestones: [" + ", ".join(str(max(1, round(v / seed_total * total_steps))) for v in values) + "]"
-
-        text = substitute(text, r"milestones: \[([\d, ]+)\]", scaled, source)
-    return text
-
-
-def fashion_dataset_block(budget: Budget, root: str | None) -> str:
-    lines = ["!FashionMNISTDataloader", f"  batch_size: {budget.batch_size}"]
+def fashion_dataset(budget: Budget, root: str | None) -> str:
+    arguments = {"batch_size": budget.batch_size}
     if budget.train_subset is not None:
-        lines.append(f"  train_subset: {budget.train_subset}")
+        arguments["train_subset"] = budget.train_subset
     if budget.val_subset is not None:
-        lines.append(f"  val_subset: {budget.val_subset}")
+        arguments["val_subset"] = budget.val_subset
     if root:
-        lines.append(f"  root: {json.dumps(str(root))}")
-    return "\n".join(lines) + "\n"
+        arguments["root"] = str(root)
+    return f"!FashionMNISTDataloader {flow(arguments)}"
 
 
 def fashion_iterations(budget: Budget, root: str | None) -> int:
@@ -177,83 +184,79 @@ def fashion_iterations(budget: Budget, root: str | None) -> int:
 
 
 def count_fashion_images(root: str) -> int:
-    sys.path.insert(0, str(REPO))
     from rupq.dataloaders.fashion_mnist import FILES, _find, fashion_mnist_folder, read_idx
 
     folder = fashion_mnist_folder(root)
     return len(read_idx(_find(folder, FILES["train"][1])))
 
 
-def classification_config(method: str, bits: int | None, budget: Budget, seed: int, root: str | None) -> str:
-    """The ResNet-18 ImageNet config of ``method`` (``fp`` or ``wXaX_method``) adapted to Fashion-MNIST."""
+def classification_config(method: str, bits: int | None, budget: Budget, seed: int, root: str | None) -> DerivedRun:
+    """The ResNet-18 ImageNet config of ``method`` (``fp`` or ``wXaX_method``) on Fashion-MNIST:
+    the dataset, the epochs, the schedule length and the seed replaced (and the model, for FP)."""
     if method == "fp":
         source = EXAMPLES / "float" / "classification" / "resnet18" / "fp.yaml"
         epochs = budget.fp_epochs
     else:
         source = EXAMPLES / "quantized" / "classification" / "resnet18" / f"w{bits}a{bits}_{method}.yaml"
         epochs = budget.qat_epochs
-    text = source.read_text()
-    text = substitute(text, r"!ImageNet2012Dataloader\n\s+batch_size: \d+\n", fashion_dataset_block(budget, root), source)
-    text = scale_schedule(text, source, epochs * fashion_iterations(budget, root))
-    text = substitute(text, r"(?m)^(\s+)epochs: \d+", rf"\g<1>epochs: {epochs}", source)
-    fields = {"seed": seed}
+    overrides = [f"task.training_loop.dataset={fashion_dataset(budget, root)}", f"task.epochs={epochs}",
+                 f"task.seed={seed}"]
+    overrides += schedule_overrides(config_tree(source), epochs * fashion_iterations(budget, root), None, source)
+    overrides += callbacks_without_images(source)
     if method == "fp":
-        text = substitute(text, r"model_arch: resnet18", "model_arch: small_resnet", source)
+        overrides.append("task.model_arch=small_resnet")
         if budget.model_kwargs:
-            fields["model_kwargs"] = budget.model_kwargs
-    text = set_task_fields(drop_image_callback(text), source, **fields)
-    header = (f"# Derived by bench/reproduce.py from {source.relative_to(REPO)}: Fashion-MNIST and small_resnet\n"
-              f"# instead of ImageNet and ResNet-18, {epochs} epochs, schedule scaled to match; recipe unchanged.\n")
-    return header + text
+            overrides.append(f"task.model_kwargs={flow(budget.model_kwargs)}")
+    return DerivedRun(source, tuple(overrides))
 
 
-def sr_config(method: str, bits: int | None, budget: Budget, seed: int, data_root: Path) -> str:
-    """The EDSR ×2 config of ``method`` adapted to the demo photos and a smaller EDSR."""
+def edsr_exceptions(exceptions: dict, blocks: int) -> dict:
+    """The per-layer exceptions of the 16-block EDSR for one with ``blocks`` residual blocks: those of
+    the blocks it has are kept, and the last body conv ``body.16`` becomes ``body.<blocks>``."""
+    kept = {}
+    for layer, value in exceptions.items():
+        match = re.fullmatch(r"body\.(\d+)(\..+)?", layer)
+        if match and match.group(2) is None:  # body.16, the conv after the residual blocks
+            kept[f"body.{blocks}"] = value
+        elif not match or int(match.group(1)) < blocks:
+            kept[layer] = value
+    return kept
+
+
+def sr_config(method: str, bits: int | None, budget: Budget, seed: int, data_root: Path) -> DerivedRun:
+    """The EDSR ×2 config of ``method`` on the demo photos with a smaller EDSR."""
     if method == "fp":
         source = EXAMPLES / "float" / "superresolution" / "edsr" / "fp.yaml"
         epochs = budget.sr_fp_epochs
     else:
         source = EXAMPLES / "quantized" / "superresolution" / "edsr" / f"w{bits}a{bits}_{method}.yaml"
         epochs = budget.sr_qat_epochs
-    text = source.read_text()
-    # The seed's EDSR schedule: 300 000 iterations (6000 epochs of 800 patches / 16).
+    tree = config_tree(source)
+    # The original RUPQ code's EDSR schedule: 300 000 iterations (6000 epochs of 800 patches / 16).
     seed_total = 300000
     train_photos = len(list((data_root / "DIV2K" / "DIV2K_train_HR").glob("0[0-7]??.png")))
     iterations = math.ceil(train_photos * budget.sr_repeat / budget.sr_batch_size)
-    text = substitute(
-        text, r"batch_size: \d+\n(\s+)patch_size: \d+\n",
-        lambda m: (f"batch_size: {budget.sr_batch_size}\n{m.group(1)}patch_size: {budget.sr_patch_size}\n"
-                   f"{m.group(1)}repeat: {budget.sr_repeat}\n{m.group(1)}num_workers: 0\n"
-                   f"{m.group(1)}root: {json.dumps(str(data_root / 'DIV2K'))}\n"),
-        source,
-    )
-    text = scale_schedule(text, source, epochs * iterations, seed_total)
-    text = substitute(text, r"(?m)^(\s+)epochs: \d+", rf"\g<1>epochs: {epochs}", source)
-    text = substitute(text, r"check_val_every_n_epochs: \d+", "check_val_every_n_epochs: 1", source)
+    dataset = "task.training_loop.dataset"
+    overrides = [f"{dataset}.batch_size={budget.sr_batch_size}", f"{dataset}.patch_size={budget.sr_patch_size}",
+                 f"{dataset}.repeat={budget.sr_repeat}", f"{dataset}.num_workers=0",
+                 f"{dataset}.root={flow(str(data_root / 'DIV2K'))}",
+                 f"task.epochs={epochs}", f"task.seed={seed}", "task.check_val_every_n_epochs=1"]
+    overrides += schedule_overrides(tree, epochs * iterations, seed_total, source)
+    overrides += callbacks_without_images(source)
     # The Set14 benchmark reads the demo set's Set14 copy (the validation photos): it also logs bicubic's PSNR.
-    text = substitute(
-        text, r"(?m)^(\s+)- !BenchmarkSuperresolutionCallback\n",
-        lambda m: f"{m.group(0)}{m.group(1)}  root: {json.dumps(str(data_root / 'Set14'))}\n", source,
-    )
-    blocks = budget.sr_model_kwargs["num_blocks"]
+    benchmark = next(i for i, c in enumerate(load_config(source, overrides)["task"].callbacks)
+                     if type(c).__name__ == "BenchmarkSuperresolutionCallback")
+    overrides.append(f"task.callbacks.{benchmark}.root={flow(str(data_root / 'Set14'))}")
     if method == "fp":
-        fields = {"seed": seed, "model_kwargs": budget.sr_model_kwargs}
+        overrides.append(f"task.model_kwargs={flow(budget.sr_model_kwargs)}")
         if budget.sr_fp_lr is not None:
-            text = substitute(text, r"(?m)^(\s+)lr: [\d.e-]+", rf"\g<1>lr: {budget.sr_fp_lr}", source)
+            overrides += [f"task.optimizers.{name}.params.lr={budget.sr_fp_lr}" for name in tree["task"]["optimizers"]]
     else:
-        # The per-layer exceptions name the 16 residual blocks of the full EDSR and its last
-        # body conv `body.16`; keep those of the blocks this EDSR has, renumber the last conv.
-        def keep_block(match):
-            return match.group(0) if int(match.group(2)) < blocks else ""
-
-        text = re.sub(r"(?m)^(\s+)body\.(\d+)\.conv_block\.\d+: \S+\n", keep_block, text)
-        text = substitute(text, r"(?m)^(\s+)body\.16:", rf"\g<1>body.{blocks}:", source)
-        fields = {"seed": seed}
-    text = set_task_fields(drop_image_callback(text), source, **fields)
-    learning_rate = f", Adam lr {budget.sr_fp_lr}" if method == "fp" and budget.sr_fp_lr is not None else ""
-    header = (f"# Derived by bench/reproduce.py from {source.relative_to(REPO)}: demo photos, EDSR "
-              f"{budget.sr_model_kwargs}, {epochs} epochs, schedule scaled to match{learning_rate}; recipe unchanged.\n")
-    return header + text
+        blocks = budget.sr_model_kwargs["num_blocks"]
+        for argument in ("input_bit_width", "weight_bit_width", "half_wave"):
+            exceptions = (tree["task"]["model_parser"].get(argument) or {}).get("exceptions") or {}
+            overrides.append(f"task.model_parser.{argument}.exceptions={flow(edsr_exceptions(exceptions, blocks))}")
+    return DerivedRun(source, tuple(overrides))
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -269,10 +272,11 @@ def finished_run(logdir: Path, config_text: str) -> Path | None:
     return None
 
 
-def run_training(name: str, config_text: str, logdir: Path, configs_dir: Path, extra: list[str],
+def run_training(name: str, derived: DerivedRun, logdir: Path, configs_dir: Path, extra: list[str],
                  env: dict | None, fresh: bool, quiet: bool, report_only: bool = False) -> dict | None:
-    """One ``rupq/main.py`` run; returns its results.json plus wall and CPU seconds
-    (``None`` with ``report_only`` when the run has not finished yet)."""
+    """One ``rupq/main.py --config SOURCE --set …`` run; returns its results.json plus wall and CPU
+    seconds (``None`` with ``report_only`` when the run has not finished yet)."""
+    config_text = derived.effective_text()
     configs_dir.mkdir(parents=True, exist_ok=True)
     config_path = configs_dir / f"{name}.yaml"
     config_path.write_text(config_text)
@@ -284,8 +288,9 @@ def run_training(name: str, config_text: str, logdir: Path, configs_dir: Path, e
         return None
     else:
         before = set(logdir.glob("version_*"))
-        command = [sys.executable, str(MAIN), "--config", str(config_path), "--logdir", str(logdir), *extra]
-        print(f"[reproduce] {name}: $ {' '.join(command)}", flush=True)
+        command = [sys.executable, str(MAIN), "--config", str(derived.source), "--logdir", str(logdir),
+                   "--set", *derived.overrides, *extra]
+        print(f"[reproduce] {name}: $ {shlex.join(command)}", flush=True)
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.time()
         full_env = dict(os.environ)
@@ -319,11 +324,11 @@ def load_sr_demo_module():
     return module
 
 
-def train_from_fp(task: str, metric: str, seed: int, run_dir: Path, configs_dir: Path, args, fp_config: str,
+def train_from_fp(task: str, metric: str, seed: int, run_dir: Path, configs_dir: Path, args, fp_config: DerivedRun,
                   quantized_config, bit_widths, label) -> list[dict]:
     """The FP run of one seed, then every method at every bit width from its ``model.ckpt``.
 
-    ``quantized_config(method, bits)`` gives a quantized run's config text; ``label(value, fp_value)``
+    ``quantized_config(method, bits)`` gives a quantized run's derived config; ``label(value, fp_value)``
     the progress line's figures. Returns the report rows of the runs that finished.
     """
     common = dict(configs_dir=configs_dir, extra=args.device_args, env=None, fresh=args.fresh, quiet=args.quiet,
@@ -601,9 +606,9 @@ def write_report(rows: list[dict], args, budget: Budget, started: float, load: l
               "ImageNet) and the step milestones (same fraction of training), and `seed:`; the TensorBoard "
               "picture callback `QuantImagesCallback` is left out (visualization only; `QuantVarsCallback` "
               "still logs the quantizer variables)."
-              + (f" The FP EDSR's Adam learning rate is {budget.sr_fp_lr} instead of the seed's 1e-4, which is "
+              + (f" The FP EDSR's Adam learning rate is {budget.sr_fp_lr} instead of the paper config's 1e-4, which is "
                  "made for 300 000 iterations: a few hundred at 1e-4 leave the small EDSR below bicubic "
-                 "(the quantized SR runs keep the seed's rates)." if budget.sr_fp_lr is not None else "")
+                 "(the quantized SR runs keep the paper's rates)." if budget.sr_fp_lr is not None else "")
               + f" The derived files are kept in `{args.logdir}/configs/`.", ""]
     lines += ["Regenerate:", "", "```bash", args.command_line, "```", ""]
 

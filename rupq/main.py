@@ -1,4 +1,5 @@
-"""Command line: ``python rupq/main.py --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]``.
+"""Command line: ``rupq train --config CFG --logdir DIR [--load MODEL] [--checkpoint_path CKPT] [--gpu 0,1]
+[--set KEY=VALUE …] [--fast-dev-run [N]]`` (also ``python rupq/main.py …`` and ``python -m rupq train …``).
 
 Several GPUs in one process: ``--gpu 0,1`` (DataParallel). One process per GPU, on one or several
 machines: ``torchrun --nproc_per_node N [--nnodes M …] rupq/main.py …`` (DistributedDataParallel,
@@ -13,16 +14,17 @@ import gc
 import os
 import shutil
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `import rupq` work without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rupq.errors import ConfigError, RupqError  # noqa: E402  (no torch import yet: --gpu comes first)
+# `import rupq` needs the package installed (`pip install -e .`, see the README).
+from rupq.config import effective_config_text
+from rupq.errors import ConfigError, RupqError  # no torch import yet: --gpu comes first
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="rupq", description="Train or quantize a model from a YAML config.")
+    parser = argparse.ArgumentParser(prog="rupq train", description="Train or quantize a model from a YAML config.")
     parser.add_argument("--config", required=True, help="YAML config (see rupq/examples)")
     parser.add_argument("--logdir", required=True, help="runs go to LOGDIR/version_N (next free N)")
     parser.add_argument("--load", help="model.ckpt of an earlier run, or torchvision:resnet18 / torchvision:mobilenet_v2")
@@ -35,6 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compile the model with torch.compile for training and validation (the Task's `compile: true`)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                         help="mixed precision under torch.autocast (the Task's `precision`; quantizers stay float32)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                        help="change the config before it is built: a dotted path and a YAML value, e.g. "
+                        "--set task.epochs=1 dataset.batch_size=64 (repeatable)")
+    parser.add_argument("--fast-dev-run", metavar="N", nargs="?", type=int, const=2, default=None,
+                        help="check that the config runs end to end: one epoch of N (default 2) training and N "
+                        "validation batches with every callback; writes nothing to LOGDIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return parser.parse_args(argv)
 
@@ -61,15 +69,23 @@ def next_version_dir(logdir: Path) -> Path:
 
 
 def make_version_dir(args: argparse.Namespace, parallel) -> Path:
-    """The main process creates ``LOGDIR/version_N`` and copies the config; all get its path."""
+    """The main process creates ``LOGDIR/version_N`` and writes the effective config; all get its path.
+
+    A fast dev run writes to a temporary folder instead (deleted when it ends): nothing in LOGDIR,
+    so no later run reuses a checkpoint or a version number of it.
+    """
     from rupq.tools.training.parallel import broadcast_from_main
 
     created, failure = None, None
     if parallel.is_main:
         try:
-            created = next_version_dir(Path(args.logdir))
-            shutil.copyfile(args.config, created / "config.yaml")
-            print(f"writing to {created}", flush=True)
+            if args.fast_dev_run is not None:
+                created = Path(tempfile.mkdtemp(prefix="rupq-fast-dev-run-"))
+                print(f"fast dev run: writing to {created} (deleted at the end), nothing to {args.logdir}", flush=True)
+            else:
+                created = next_version_dir(Path(args.logdir))
+                print(f"writing to {created}", flush=True)
+            (created / "config.yaml").write_text(effective_config_text(args.config, args.overrides))
         except Exception as error:  # raised after the broadcast, so no process waits forever
             failure = error
     path = broadcast_from_main(None if created is None else str(created))
@@ -81,22 +97,33 @@ def make_version_dir(args: argparse.Namespace, parallel) -> Path:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from rupq.config import load_config, location_of
+    from rupq.config import ConfigCaseWarning, load_config, location_of
     from rupq.tools.training.parallel import setup_parallelism
     from rupq.tools.training.task import RunContext, Task
 
-    config = load_config(args.config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigCaseWarning)
+        config = load_config(args.config, args.overrides)
+    for warning in caught:  # one line each, like the errors (not Python's "file:line: Category" form)
+        if issubclass(warning.category, ConfigCaseWarning):
+            print(f"warning: {warning.message}", file=sys.stderr, flush=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     task = config.get("task")
     if not isinstance(task, Task):
         found = "nothing" if task is None else type(task).__name__
         raise ConfigError(f"the config needs a top-level `task: !Task`, found {found}", args.config)
+    if args.fast_dev_run is not None and args.fast_dev_run < 1:
+        raise ConfigError(f"--fast-dev-run {args.fast_dev_run}: the number of batches must be at least 1")
     parallel = setup_parallelism(args.gpu, args.sync_bn)
+    version_dir = None
     try:
         version_dir = make_version_dir(args, parallel)
         context = RunContext(
             version_dir=version_dir, device=parallel.device, load=args.load, checkpoint_path=args.checkpoint_path,
             rank=parallel.rank, world_size=parallel.world_size, wrap_model=parallel.wrap_model,
             compile=args.compile, precision=args.precision,
+            overrides=list(args.overrides), fast_dev_run=args.fast_dev_run,
         )
         try:
             task.run(context)
@@ -104,6 +131,8 @@ def run(args: argparse.Namespace) -> Path:
             raise error.at(location_of(task))
     finally:
         parallel.close()
+        if args.fast_dev_run is not None and parallel.is_main and version_dir is not None:
+            shutil.rmtree(version_dir, ignore_errors=True)
     return version_dir
 
 

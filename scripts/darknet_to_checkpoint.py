@@ -12,13 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rupq.errors import RupqError  # noqa: E402
-from rupq.models import create_model  # noqa: E402
-from rupq.models.yolo import load_darknet_weights  # noqa: E402
-from rupq.tools.training.task import model_checkpoint  # noqa: E402
-from rupq.tools.utils.checkpoint import save_atomic  # noqa: E402
+from rupq.errors import RupqError
+from rupq.models import create_model
+from rupq.models.yolo import load_darknet_weights
+from rupq.tools.training.task import model_checkpoint
+from rupq.tools.utils.checkpoint import save_atomic
 
 
 def main(argv=None) -> None:

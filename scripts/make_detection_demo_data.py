@@ -21,15 +21,12 @@ dataset-fashion-mnist) or the configured ``fashion_mnist`` folder; nothing is do
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rupq.dataloaders.fashion_mnist import CLASSES, FashionMNISTDataloader  # noqa: E402
+from rupq.dataloaders.fashion_mnist import CLASSES, FashionMNISTDataloader
 
 CANVAS_SIDES = (160, 224)
 ITEM_SIDES = (40, 96)

@@ -23,13 +23,11 @@ SHA-256) before its loader is called, so nothing is ever downloaded.
 import argparse
 import hashlib
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # (name, source, files in the scikit-image registry). Grey photos test the grey → RGB path.
 TRAIN_PHOTOS = [

@@ -46,8 +46,11 @@ def tiny_fashion_mnist(tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_imagenet(tmp_path) -> Path:
+    return write_tiny_imagenet(tmp_path / "imagenet")
+
+
+def write_tiny_imagenet(root: Path) -> Path:
     """ImageNet folder layout: train/ and val/ with 2 classes of small JPEGs."""
-    root = tmp_path / "imagenet"
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 4), ("val", 2)):
         for cls in ("n01440764", "n01443537"):

@@ -13,7 +13,7 @@ exist are used, so a small folder in the same layout works too.
 Training samples are random aligned patches (``patch_size`` HR pixels, ``patch_size / scale``
 LR pixels) with a random rotation/flip. One epoch draws one patch from each training image
 (``repeat`` times over): with the 800 DIV2K images that is 800 patches, which is what the
-seed configs assume (e.g. SRResNet: ``T_max = 180000`` iterations = 7200 epochs × 800 / 32).
+original RUPQ configs assume (e.g. SRResNet: ``T_max = 180000`` iterations = 7200 epochs × 800 / 32).
 Small datasets raise ``repeat`` to get epochs of a useful length. Validation uses whole images,
 one per batch.
 """

@@ -3,7 +3,7 @@
 The baseline EDSR: mean shift, a 3×3 head convolution, residual blocks without batch norm
 (conv-ReLU-conv), a last body convolution with a long skip from the head, a pixel-shuffle
 upsampler and a 3×3 output convolution, then the mean added back. Module names follow the
-seed configs' per-layer exceptions:
+per-layer exceptions of the original RUPQ configs:
 
     head.0                         first convolution
     body.N.conv_block.{0,2}        the two convolutions of residual block N
@@ -11,7 +11,7 @@ seed configs' per-layer exceptions:
     tail.0.{0,2,…}                 upsampler: one convolution (then PixelShuffle) per ×2 step
     tail.1                         output convolution
 
-The input is expected in ``[0, rgb_range]`` (the seed configs use ``normalize: False``, i.e. 0–255
+The input is expected in ``[0, rgb_range]`` (the original RUPQ configs use ``normalize: False``, i.e. 0–255
 pixels). The mean shift is a fixed buffer, not a ``Conv2d``, so that the model parser does not
 wrap and quantize it.
 """

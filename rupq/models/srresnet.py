@@ -2,7 +2,7 @@
 
 A 9×9 convolution, residual blocks (conv-BN-PReLU-conv-BN), a 3×3 conv-BN joined to the first
 layer's output by a long skip, pixel-shuffle upsamplers and a 9×9 output convolution. Module
-names follow the seed configs' per-layer exceptions:
+names follow the per-layer exceptions of the original RUPQ configs:
 
     conv1.0                          first 9×9 convolution (followed by conv1.1, a PReLU)
     res_blocks.N.conv_block.{0,3}    the two convolutions of residual block N

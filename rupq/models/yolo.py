@@ -2,7 +2,7 @@
 
 Every ``[section]`` of the cfg after ``[net]`` becomes one entry of ``module_list`` (an
 ``nn.Sequential``) whose children are named after the section's index, as in the Darknet ports
-the seed configs were written for: ``module_list.0.conv_0``, ``module_list.0.batch_norm_0``,
+the original RUPQ configs were written for: ``module_list.0.conv_0``, ``module_list.0.batch_norm_0``,
 ``module_list.0.leaky_0``, ``module_list.82.yolo_82`` … Supported sections: ``convolutional``
 (optional BatchNorm; ``leaky``, ``mish``, ``relu``, ``logistic`` or ``linear`` activation),
 ``shortcut``, ``route``, ``upsample``, ``maxpool`` and ``yolo``.

@@ -61,14 +61,15 @@ class CompiledFormula:
             self.enabled = _compile_enabled()
         if self.enabled and self.compiled is None:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.RECOMPILE_LIMIT)
+            # Without duck sizing, an image whose height equals its width compiles the same graph
+            # as any other (sizes that happen to be equal are not assumed to stay equal). Set for
+            # the process: a context manager around each call would cost ~10 µs per quantizer.
+            torch.fx.experimental._config.use_duck_shape = False
             self.compiled = torch.compile(fake_quantize, dynamic=True)
         if not self.enabled:
             return fake_quantize(*args, **kwargs)
         try:
-            # Without duck sizing, an image whose height equals its width compiles the same
-            # graph as any other (sizes that happen to be equal are not assumed to stay equal).
-            with torch.fx.experimental._config.patch(use_duck_shape=False):
-                return self.compiled(*args, **kwargs)
+            return self.compiled(*args, **kwargs)
         except Exception as error:
             if not _is_compiler_failure(error):
                 raise

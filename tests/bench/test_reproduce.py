@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from rupq.config import load_config
+from rupq.config import config_tree, load_config
 
 SCRIPT = REPO / "bench" / "reproduce.py"
 
@@ -31,15 +31,20 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def load(derived):
+    return load_config(derived.source, derived.overrides)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_classification_configs_keep_the_recipe_and_replace_data_schedule_and_seed(tmp_path, tiny_fashion_mnist, bits):
+def test_classification_configs_keep_the_recipe_and_replace_data_schedule_and_seed(tiny_fashion_mnist, bits):
     budget = reproduce.BUDGETS["tiny"]
     iterations = 1  # the fixture's 64 training images fit one batch of 64
-    rupq = load_config(write(tmp_path, "rupq.yaml",
-                             reproduce.classification_config("rupq", bits, budget, 7, str(tiny_fashion_mnist))))
-    task = rupq["task"]
+    derived = reproduce.classification_config("rupq", bits, budget, 7, str(tiny_fashion_mnist))
+    assert derived.source.name == f"w{bits}a{bits}_rupq.yaml"
+    task = load(derived)["task"]
     assert task.seed == 7 and task.epochs == budget.qat_epochs
     assert type(task.training_loop.dataset).__name__ == "FashionMNISTDataloader"
+    assert task.callbacks == []  # !QuantImagesCallback dropped
     optimizers = task.optimizers
     assert optimizers["quant_weight_optimizer"]["name"] == "Adam"
     assert optimizers["quant_weight_optimizer"]["params"]["lr"] == pytest.approx(1e-5)
@@ -47,20 +52,29 @@ def test_classification_configs_keep_the_recipe_and_replace_data_schedule_and_se
     assert optimizers["weight_optimizer"]["params"]["lr"] == pytest.approx(0.01)
     for optimizer in optimizers.values():
         assert optimizer["scheduler"]["params"]["T_max"] == budget.qat_epochs * iterations
-    text = reproduce.classification_config("rupq", bits, budget, 7, str(tiny_fashion_mnist))
+    text = derived.effective_text()
     assert "!Standardization" in text and f"default: {bits}" in text and "conv1: 8" in text
+    assert load_config_text(text)["task"].seed == 7  # the config.yaml a run writes reads back the same
 
-    lsq_text = reproduce.classification_config("lsqplus", bits, budget, 7, str(tiny_fashion_mnist))
+    lsq = reproduce.classification_config("lsqplus", bits, budget, 7, str(tiny_fashion_mnist))
+    lsq_text = lsq.effective_text()
     assert "!Standardization" not in lsq_text and "!MeanStdInitializer" in lsq_text
-    lsq = load_config(write(tmp_path, "lsq.yaml", lsq_text))
-    assert set(lsq["task"].optimizers) == {"weight_optimizer", "quant_optimizer"}
-    assert lsq["task"].optimizers["quant_optimizer"]["params"] == {"lr": 0.01, "momentum": 0.9}
+    assert set(load(lsq)["task"].optimizers) == {"weight_optimizer", "quant_optimizer"}
+    assert load(lsq)["task"].optimizers["quant_optimizer"]["params"] == {"lr": 0.01, "momentum": 0.9}
 
 
-def test_fp_config_trains_small_resnet_with_the_imagenet_fp_recipe(tmp_path, tiny_fashion_mnist):
+def load_config_text(text):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_text(text)
+        return load_config(path)
+
+
+def test_fp_config_trains_small_resnet_with_the_imagenet_fp_recipe():
     budget = reproduce.BUDGETS["cpu"]
-    config = load_config(write(tmp_path, "fp.yaml", reproduce.classification_config("fp", None, budget, 3, None)))
-    task = config["task"]
+    task = load(reproduce.classification_config("fp", None, budget, 3, None))["task"]
     assert task.model_arch == "small_resnet" and task.seed == 3 and task.epochs == budget.fp_epochs
     assert task.optimizers["weight_optimizer"]["params"]["lr"] == pytest.approx(0.1)
     steps = budget.fp_epochs * -(-budget.train_subset // budget.batch_size)
@@ -71,15 +85,24 @@ def test_fp_config_trains_small_resnet_with_the_imagenet_fp_recipe(tmp_path, tin
 def test_sr_configs_renumber_the_per_block_exceptions_for_a_smaller_edsr(tmp_path):
     budget = reproduce.BUDGETS["cpu"]
     blocks = budget.sr_model_kwargs["num_blocks"]
-    text = reproduce.sr_config("rupq", 2, budget, 0, tmp_path / "sr_demo")
-    kept = sorted(int(n) for n in re.findall(r"body\.(\d+)\.conv_block", text))
+    derived = reproduce.sr_config("rupq", 2, budget, 0, tmp_path / "sr_demo")
+    text = derived.effective_text()
+    written = tmp_path / "config.yaml"
+    written.write_text(text)
+    parser = config_tree(written)["model_parser"]
+    half_wave = parser["half_wave"]["exceptions"]
+    kept = sorted(int(n) for layer in half_wave for n in re.findall(r"body\.(\d+)\.conv_block", layer))
     assert kept == list(range(blocks))
-    assert f"body.{blocks}: false" in text and "body.16" not in text
-    assert "default: 2" in text and "head.0: 8" in text and "tail.1: 8" in text
-    config = load_config(write(tmp_path, "sr.yaml", text))
-    assert config["task"].epochs == budget.sr_qat_epochs
-    fp = load_config(write(tmp_path, "sr_fp.yaml", reproduce.sr_config("fp", None, budget, 0, tmp_path / "sr_demo")))
+    assert half_wave[f"body.{blocks}"] is False and "body.16" not in half_wave
+    assert parser["input_bit_width"] == {"default": 2, "exceptions": {"head.0": 8, "tail.1": 8}}
+    task = load(derived)["task"]
+    assert task.epochs == budget.sr_qat_epochs
+    (benchmark,) = task.callbacks  # !QuantImagesCallback dropped, the Set14 benchmark kept and pointed at the demo
+    assert type(benchmark).__name__ == "BenchmarkSuperresolutionCallback"
+    assert str(tmp_path / "sr_demo" / "Set14") in text
+    fp = load(reproduce.sr_config("fp", None, budget, 0, tmp_path / "sr_demo"))
     assert fp["task"].model_kwargs == budget.sr_model_kwargs
+    assert fp["task"].optimizers["weight_optimizer"]["params"]["lr"] == budget.sr_fp_lr
 
 
 def test_seed_commands_cover_every_example_config():

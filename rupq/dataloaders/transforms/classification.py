@@ -1,4 +1,4 @@
-"""The seed's ImageNet transforms (torchvision's standard recipe)."""
+"""The original RUPQ code's ImageNet transforms (torchvision's standard recipe)."""
 
 from torchvision import transforms
 

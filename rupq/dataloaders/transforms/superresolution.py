@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# The seed's normalization of 0–255 pixels: (x − 127.5) / 51 maps [0, 255] onto [−2.5, 2.5].
+# The original RUPQ code's normalization of 0–255 pixels: (x − 127.5) / 51 maps [0, 255] onto [−2.5, 2.5].
 PIXEL_MEAN = 127.5
 PIXEL_STD = 51.0
 

@@ -27,7 +27,8 @@ class BatchNormReestimationCallback(Callback):
 
     def on_validation_epoch_start(self, trainer) -> None:
         if trainer.is_last_epoch:
-            reestimate_batchnorm(trainer.model, trainer.training_loop, trainer.device, self.num_batches)
+            limits = [limit for limit in (self.num_batches, trainer.limit_batches) if limit is not None]
+            reestimate_batchnorm(trainer.model, trainer.training_loop, trainer.device, min(limits, default=None))
 
 
 @torch.no_grad()

@@ -5,16 +5,27 @@
 weight distributions and its input activation histogram with the quantization range on top.
 """
 
-import matplotlib
+import sys
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 
-from rupq.quantizers.quantizers import StepQuantizer  # noqa: E402
-from rupq.quantizers.report import quant_layers_of, quantizers_of  # noqa: E402
-from rupq.quantizers.fake_quantize import standard_deviation  # noqa: E402
-from rupq.tools.callbacks.base import Callback  # noqa: E402
+from rupq.quantizers.quantizers import StepQuantizer
+from rupq.quantizers.report import quant_layers_of, quantizers_of
+from rupq.quantizers.fake_quantize import standard_deviation
+from rupq.tools.callbacks.base import Callback
+
+
+def pyplot():
+    """matplotlib's pyplot, imported when the first figure is drawn, so that importing the callbacks
+    (and so loading any config) leaves matplotlib alone. Unless the user's own code already chose
+    a backend through pyplot, the figures are drawn with the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _mean(tensor: torch.Tensor) -> float:
@@ -34,16 +45,27 @@ def call_model(model, inputs):
 
 
 class QuantVarsCallback(Callback):
-    """Each epoch: ``quant_vars/<quantizer>/step`` (mean per channel), ``.../offset``, ``.../ema_std``."""
+    """Each epoch: ``quant_vars/<quantizer>/step`` (mean per channel), ``.../offset``, ``.../ema_std``;
+    every ``log_every_n_steps`` training steps the same under ``step/quant_vars/…`` against the global step."""
+
+    def on_train_batch_end(self, trainer) -> None:
+        if trainer.should_log_step:
+            for name, value in self.variables(trainer.model):
+                trainer.log_step_scalar(name, value)
 
     def on_train_epoch_end(self, trainer) -> None:
-        for name, quantizer in quantizers_of(trainer.model):
-            trainer.log_scalar(f"quant_vars/{name}/step", _mean(quantizer.step))
+        for name, value in self.variables(trainer.model):
+            trainer.log_scalar(name, value)
+
+    @staticmethod
+    def variables(model):
+        for name, quantizer in quantizers_of(model):
+            yield f"quant_vars/{name}/step", _mean(quantizer.step)
             offset = getattr(quantizer, "offset", None)
             if offset is not None:
-                trainer.log_scalar(f"quant_vars/{name}/offset", _mean(offset))
+                yield f"quant_vars/{name}/offset", _mean(offset)
             if quantizer.transformation is not None and quantizer.transformation.momentum > 0:
-                trainer.log_scalar(f"quant_vars/{name}/ema_std", _mean(quantizer.transformation.ema_std))
+                yield f"quant_vars/{name}/ema_std", _mean(quantizer.transformation.ema_std)
 
 
 @torch.no_grad()
@@ -67,16 +89,19 @@ class QuantImagesCallback(Callback):
     Args:
         max_channels: how many output channels the weight figure shows.
         bins: histogram bins of the input activations.
+        max_layers: draw only the first ``max_layers`` wrapped layers (None: all; each layer costs
+            two figures, and YOLO-v3 has 75 layers).
     """
 
-    def __init__(self, max_channels: int = 64, bins: int = 100):
+    def __init__(self, max_channels: int = 64, bins: int = 100, max_layers: int | None = None):
         self.max_channels = int(max_channels)
         self.bins = int(bins)
+        self.max_layers = None if max_layers is None else int(max_layers)
 
     def on_train_epoch_end(self, trainer) -> None:
         if trainer.epoch != 0:
             return
-        layers = list(quant_layers_of(trainer.model))
+        layers = list(quant_layers_of(trainer.model))[: self.max_layers]
         if not layers:
             return
         inputs = self._capture_inputs(trainer, layers)
@@ -112,7 +137,7 @@ class QuantImagesCallback(Callback):
         low, high = quantization_range(layer.quantizer.weight_quantizer, weight)
         channels = min(self.max_channels, weight.shape[0])
         rows = weight[:channels].reshape(channels, -1).cpu()
-        figure, axes = plt.subplots(figsize=(max(6.0, channels * 0.18), 4))
+        figure, axes = pyplot().subplots(figsize=(max(6.0, channels * 0.18), 4))
         axes.boxplot(list(rows.numpy()), positions=range(channels), widths=0.6, showfliers=False)
         positions = torch.arange(channels).numpy()
         axes.scatter(positions, low.reshape(-1).expand(weight.shape[0])[:channels].numpy(), marker="_", color="red", label="quantization range")
@@ -127,7 +152,7 @@ class QuantImagesCallback(Callback):
     def _input_figure(self, name, layer, inputs):
         quantizer = layer.quantizer.input_quantizer
         low, high = quantization_range(quantizer, inputs)
-        figure, axes = plt.subplots(figsize=(6, 4))
+        figure, axes = pyplot().subplots(figsize=(6, 4))
         axes.hist(inputs.reshape(-1).numpy(), bins=self.bins, log=True, color="tab:blue")
         for bound in (low.item(), high.item()):
             axes.axvline(bound, color="red", linestyle="--")

@@ -2,11 +2,11 @@
 
 At the start of training the callback adds its :class:`~rupq.tools.metrics.MAP` to the training
 loop's validation metrics (as ``mAP50`` — ``mAP<iou_thres·100>`` in general — and, through a view,
-``mAP``), so that every validation epoch of the trainer logs ``val_mAP50`` (the seed's number)
+``mAP``), so that every validation epoch of the trainer logs ``val_mAP50`` (the original RUPQ code's number)
 and ``val_mAP`` (COCO mAP@[.5:.95] by pycocotools), and makes the dataloader letterbox validation
 images to the metric's ``img_size``. After each validation it prints pycocotools' summary.
 
-The seed's quantized configs skip validation during training (``check_val_every_n_epochs``
+The original RUPQ code's quantized configs skip validation during training (``check_val_every_n_epochs``
 larger than ``epochs``); when the last epoch was not validated, the callback validates the final
 model at the end of training, so that every run reports its mAP.
 """

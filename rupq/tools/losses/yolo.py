@@ -1,4 +1,4 @@
-"""``!YOLOLoss``: the YOLO-v3 training loss in the Ultralytics style (as the seed's Darknet port uses).
+"""``!YOLOLoss``: the YOLO-v3 training loss in the Ultralytics style (as the original RUPQ code's Darknet port uses).
 
 For each yolo layer (grid ``nx×ny``, stride ``s``, anchors ``A_k`` in pixels):
 

@@ -6,7 +6,7 @@ dict of :class:`~rupq.tools.training.detection.ObjectDetectionTrainingLoop`. It 
 the detections after class-aware non-maximum suppression and the ground truth, both mapped back
 from the letterboxed input onto the original image. ``compute()`` then gives:
 
-* ``mAP@iou_thres`` (the seed's number, ``mAP50`` for 0.5): detections sorted by confidence are
+* ``mAP@iou_thres`` (the original RUPQ code's number, ``mAP50`` for 0.5): detections sorted by confidence are
   matched greedily to the unmatched ground-truth box of their class they overlap most (IoU ≥
   ``iou_thres``); per class, AP is the area under the precision envelope over recall (all
   points, as VOC 2010+), and the mean is over the classes that have ground truth;
@@ -80,7 +80,7 @@ def match_detections(detections: np.ndarray, ground_truth: np.ndarray, iou_thres
 
 
 def map_at_iou(images: list[tuple[np.ndarray, np.ndarray]], iou_thres: float) -> float:
-    """The seed's mAP over ``(detections [n, 6], ground_truth [m, 5])`` pairs (see the module docstring)."""
+    """The original RUPQ code's mAP over ``(detections [n, 6], ground_truth [m, 5])`` pairs (see the module docstring)."""
     scores, classes, hits = [], [], []
     for detections, ground_truth in images:
         hits.append(match_detections(detections, ground_truth, iou_thres))
@@ -157,7 +157,7 @@ class MAP(Metric):
     Args:
         img_size: side of the letterboxed validation images (``ValidateCOCOCallback`` makes the
             dataloader use it).
-        iou_thres: IoU a detection needs to count as correct for ``compute()`` (the seed: 0.5).
+        iou_thres: IoU a detection needs to count as correct for ``compute()`` (the original RUPQ code: 0.5).
         conf_thres: minimum ``objectness × class probability`` of a detection.
         nms_thres: IoU above which NMS suppresses the lower-scored of two same-class boxes.
     """

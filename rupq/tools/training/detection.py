@@ -1,7 +1,7 @@
 """``!ObjectDetectionTrainingLoop``: YOLO training steps on ``(paths, images, targets, original_sizes)`` batches.
 
 The loss needs the model's YOLO layers (anchors and strides), so the loop hands the model to it:
-``loss(predictions, targets, model)``. Validation has no loss (the seed logs none); the mAP is
+``loss(predictions, targets, model)``. Validation has no loss (the original RUPQ code logs none); the mAP is
 computed by :class:`~rupq.tools.metrics.MAP` through :class:`~rupq.tools.callbacks.ValidateCOCOCallback`.
 """
 

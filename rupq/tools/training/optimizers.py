@@ -1,7 +1,8 @@
 """Optimizers and their per-iteration schedulers from the config's ``optimizers`` mapping.
 
 Each entry is ``{name, model_params_type, params, scheduler: {name, params}}``. Parameters are
-split by name: ``input_quantizer`` → ``quant_input``, ``weight_quantizer`` → ``quant_weight``,
+split by the module that holds them: those of a wrapped layer's input quantizer (its
+``ModuleQuantizer.input_quantizer``) → ``quant_input``, of its weight quantizer → ``quant_weight``,
 everything else → ``weight``; ``quant`` is both quantizer groups and ``all`` everything.
 """
 
@@ -12,16 +13,21 @@ import torch
 import torch.nn as nn
 
 from rupq.errors import ConfigError
+from rupq.quantizers import ModuleQuantizer
 
 PARAM_TYPES = ("all", "weight", "quant", "quant_input", "quant_weight")
 
 
-def param_type(name: str) -> str:
-    if "input_quantizer" in name:
-        return "quant_input"
-    if "weight_quantizer" in name:
-        return "quant_weight"
-    return "weight"
+def parameter_types(model: nn.Module) -> dict[int, str]:
+    """``id(parameter)`` → ``"quant_input"`` / ``"quant_weight"`` for the quantizers' parameters
+    (by module type, so that no parameter name can land in the wrong group); others are ``"weight"``."""
+    types = {}
+    for module in model.modules():
+        if isinstance(module, ModuleQuantizer):
+            for group, quantizer in (("quant_input", module.input_quantizer), ("quant_weight", module.weight_quantizer)):
+                for parameter in quantizer.parameters() if quantizer is not None else ():
+                    types[id(parameter)] = group
+    return types
 
 
 def select_parameters(model: nn.Module, params_type: str) -> list[nn.Parameter]:
@@ -32,7 +38,8 @@ def select_parameters(model: nn.Module, params_type: str) -> list[nn.Parameter]:
         "quant_input": {"quant_input"},
         "quant_weight": {"quant_weight"},
     }[params_type]
-    return [p for n, p in model.named_parameters() if p.requires_grad and param_type(n) in wanted]
+    types = parameter_types(model)
+    return [p for p in model.parameters() if p.requires_grad and types.get(id(p), "weight") in wanted]
 
 
 def _lookup(module, name, kind: str, where: str, line: str | None = None):

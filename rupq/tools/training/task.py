@@ -14,6 +14,7 @@ import torch.nn as nn
 from rupq.config import argument_locations, location_of
 from rupq.errors import CheckpointError, ConfigError, RupqError
 from rupq.models import architecture_of, create_model
+from rupq.quantizers import ModuleQuantizer, quantizers_of
 from rupq.tools.callbacks.base import Callback
 from rupq.tools.callbacks.model_saver import ModelSaver
 from rupq.tools.training.loops import TrainingLoop, move_to
@@ -28,6 +29,9 @@ TORCHVISION_PREFIX = "torchvision:"
 #: ``precision`` of a Task: float32, or mixed precision under torch.autocast (the quantizer math
 #: stays in float32).
 PRECISIONS = ("fp32", "bf16", "fp16")
+def describe_arch(arch: dict) -> str:
+    kwargs = ", ".join(f"{key}={value}" for key, value in sorted(arch["kwargs"].items()))
+    return f"{arch['name']}({kwargs})" if kwargs else arch["name"]
 
 
 @dataclass
@@ -40,6 +44,9 @@ class RunContext:
     checkpoint_path: str | None = None
     rank: int = 0
     world_size: int = 1
+    overrides: list[str] = field(default_factory=list)  # the command line's --set KEY=VALUE, for results.json
+    # --fast-dev-run N: one epoch of N training and N validation batches, every callback, then stop.
+    fast_dev_run: int | None = None
     # Wraps the initialised model for several devices (DataParallel/DDP); identity otherwise.
     wrap_model: Callable[[nn.Module], nn.Module] = field(default=lambda model: model)
     # --compile / --precision: override the Task's ``compile`` / ``precision`` when given.
@@ -57,13 +64,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether a model parser wrapped any of its layers (decided by module type, not by names)."""
+    return any(isinstance(module, ModuleQuantizer) for module in model.modules())
+
+
+def quantizer_settings(model: nn.Module) -> dict[str, dict]:
+    """``{quantizer name: {type, bit_width, half_wave}}``: what a config decides and a state dict does not show."""
+    return {
+        name: {"type": type(quantizer).__name__, "bit_width": int(quantizer.bit_width), "half_wave": bool(quantizer.half_wave)}
+        for name, quantizer in quantizers_of(model)
+    }
+
+
 def model_checkpoint(model: nn.Module) -> dict:
     return {
         "format": MODEL_FORMAT,
         "arch": architecture_of(model),
-        "quantized": any("quantizer" in name for name, _ in model.named_modules()),
+        "quantized": is_quantized(model),
+        "quantizers": quantizer_settings(model),
         "state_dict": model.state_dict(),
     }
+
+
+def settings_difference(saved: dict[str, dict], built: dict[str, dict]) -> str | None:
+    """The first way the checkpoint's quantizers differ from the config's, in words (None: they match)."""
+    missing, extra = sorted(set(saved) - set(built)), sorted(set(built) - set(saved))
+    if missing or extra:
+        parts = [f"{len(missing)} quantizer(s) only in the checkpoint (e.g. {missing[0]})" if missing else "",
+                 f"{len(extra)} only in the config (e.g. {extra[0]})" if extra else ""]
+        return ", ".join(part for part in parts if part)
+    differing = [(name, key) for name in saved for key in ("type", "bit_width", "half_wave")
+                 if saved[name][key] != built[name][key]]
+    if not differing:
+        return None
+    name, key = differing[0]
+    more = f" (and {len(differing) - 1} more difference(s))" if len(differing) > 1 else ""
+    return f"{name} has {key} {saved[name][key]} in the checkpoint but {built[name][key]} in the config{more}"
 
 
 def torchvision_pretrained(arch: str) -> nn.Module:
@@ -90,6 +127,11 @@ class Task:
     """One experiment: a model (``model_arch`` or ``--load``), optionally quantized by
     ``model_parser``, trained for ``epochs`` by ``training_loop`` with ``optimizers``."""
 
+    # Set while build_model runs: the checkpoint being resumed, and the quantizer settings saved
+    # in a quantized checkpoint, checked against the config's model_parser once it has wrapped the model.
+    _resume_source: str | None = None
+    _saved_quantizers: dict | None = None
+
     def __init__(
         self,
         training_loop: TrainingLoop,
@@ -104,11 +146,14 @@ class Task:
         seed: int = 0,
         compile: bool = False,
         precision: str = "fp32",
+        log_every_n_steps: int = 50,
     ):
         if not isinstance(training_loop, TrainingLoop):
             raise ValueError(f"training_loop must be a !TrainingLoop, got {training_loop!r}")
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be at least 1, got {log_every_n_steps}")
         if check_val_every_n_epochs < 1:
             raise ValueError(f"check_val_every_n_epochs must be at least 1, got {check_val_every_n_epochs}")
         for callback in callbacks or []:
@@ -136,6 +181,7 @@ class Task:
         self.seed = seed
         self.compile = bool(compile)
         self.precision = precision
+        self.log_every_n_steps = log_every_n_steps
 
     # ---- model ------------------------------------------------------------------------------
     def _base_model(self, context: RunContext, resume_state: dict | None) -> tuple[nn.Module, dict | None]:
@@ -143,6 +189,12 @@ class Task:
         where = location_of(self)
         if resume_state is not None:
             saved = resume_state["model"]
+            wanted = {"name": self.model_arch, "kwargs": self.model_kwargs}
+            if self.model_arch and saved["arch"] != wanted:
+                raise CheckpointError(
+                    f"{context.checkpoint_path} holds {describe_arch(saved['arch'])} but the config builds "
+                    f"{describe_arch(wanted)}"
+                )
             model = create_model(saved["arch"]["name"], **saved["arch"]["kwargs"])
             return self._load_into(model, saved, context.checkpoint_path)
         if self.model_arch and context.load:
@@ -170,7 +222,13 @@ class Task:
                     f"{source} holds a quantized model; its config needs the model_parser that quantized it",
                     location_of(self),
                 )
+            self._saved_quantizers = saved.get("quantizers")
             return model, saved["state_dict"]
+        if source == self._resume_source and self.model_parser is not None:
+            raise CheckpointError(
+                f"{source} was written by a full-precision run but the config quantizes the model (model_parser): "
+                "resume with the full-precision config, or start quantization with --load MODEL.ckpt"
+            )
         self._load_state(model, saved["state_dict"], source)
         return model, None
 
@@ -183,6 +241,8 @@ class Task:
             raise CheckpointError(f"{source} does not fit the model: {' '.join(lines[1:3])[:300]}") from None
 
     def build_model(self, context: RunContext, resume_state: dict | None = None) -> nn.Module:
+        self._resume_source = context.checkpoint_path if resume_state is not None else None
+        self._saved_quantizers = None
         model, pending_state = self._base_model(context, resume_state)
         if self.model_parser is not None:
             try:
@@ -190,7 +250,12 @@ class Task:
             except RupqError as error:
                 raise error.at(location_of(self.model_parser))
         if pending_state is not None:
-            self._load_state(model, pending_state, context.checkpoint_path or context.load)
+            source = context.checkpoint_path or context.load
+            if self._saved_quantizers is not None:  # checkpoints written before quantizer settings were saved have none
+                difference = settings_difference(self._saved_quantizers, quantizer_settings(model))
+                if difference:
+                    raise CheckpointError(f"{source} does not fit the config's model_parser: {difference}")
+            self._load_state(model, pending_state, source)
         return model.to(context.device)
 
     def initialize_quantizers(self, model: nn.Module, context: RunContext) -> None:
@@ -238,23 +303,31 @@ class Task:
             if context.is_main:
                 print("compiling the model with torch.compile (the first steps take longer)", flush=True)
             train_model = torch.compile(train_model, dynamic=True)
+        fast = context.fast_dev_run is not None
         trainer = Trainer(
             model=model,
             training_loop=self.training_loop,
             optimizers=optimizers,
-            epochs=self.epochs,
+            epochs=1 if fast else self.epochs,
             device=context.device,
             callbacks=callbacks,
             log_dir=context.version_dir,
-            check_val_every_n_epochs=self.check_val_every_n_epochs,
+            check_val_every_n_epochs=1 if fast else self.check_val_every_n_epochs,
             seed=self.seed,
             model_checkpoint=lambda: model_checkpoint(model),
             train_model=train_model,
             is_main=context.is_main,
             precision=self.precision if context.precision is None else context.precision,
+            limit_batches=context.fast_dev_run,
+            log_every_n_steps=self.log_every_n_steps,
         )
         if resume_state is not None:
-            trainer.load_state_dict(resume_state)
+            try:
+                trainer.load_state_dict(resume_state)
+            except RupqError as error:
+                raise error.at(context.checkpoint_path)
+            if fast:  # one epoch from where the checkpoint stopped
+                trainer.epochs = trainer.epoch + 1
             if trainer.epoch >= self.epochs:
                 raise ConfigError(
                     f"{context.checkpoint_path} already finished epoch {trainer.epoch} of {self.epochs}: "
@@ -268,7 +341,13 @@ class Task:
             # each process draws its own augmentations and dropout masks.
             seed_everything(process_seed(self.seed, context.rank, trainer.global_step))
         logged = trainer.fit()
+        if fast and context.is_main:
+            names = ", ".join(type(callback).__name__ for callback in callbacks)
+            print(f"fast dev run: {context.fast_dev_run} training and {context.fast_dev_run} validation batches of "
+                  f"epoch {trainer.epoch + 1} (of {self.epochs}) with callbacks {names}; "
+                  f"{len(optimizers)} optimizer(s), {'quantized' if quantized else 'full-precision'} "
+                  f"{architecture_of(model)['name']}", flush=True)
         if context.is_main and context.version_dir is not None:
-            results = json.dumps(logged, indent=2, sort_keys=True) + "\n"
+            results = json.dumps({**logged, "overrides": context.overrides}, indent=2, sort_keys=True) + "\n"
             save_atomic(results.encode(), context.version_dir / "results.json")
         return logged

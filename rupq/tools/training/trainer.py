@@ -6,6 +6,7 @@ A resumable checkpoint is written after every epoch and when the run is interrup
 (Ctrl-C, SIGTERM); resuming from it continues at the same iteration with the same RNG states.
 """
 
+import itertools
 import math
 import random
 import signal
@@ -99,6 +100,8 @@ class Trainer:
         train_model: nn.Module | None = None,
         is_main: bool = True,
         precision: str = "fp32",
+        limit_batches: int | None = None,
+        log_every_n_steps: int = 50,
     ):
         self.model = model
         self.train_model = model if train_model is None else train_model  # DataParallel/DDP wrapper, compiled model
@@ -116,6 +119,9 @@ class Trainer:
         # so that small gradients do not underflow (bf16 has float32's exponent range).
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        # At most this many training and validation batches per epoch (--fast-dev-run); None: all.
+        self.limit_batches = limit_batches
+        self.log_every_n_steps = log_every_n_steps
         self.epoch = 0
         self.start_batch = 0
         self.global_step = 0
@@ -136,6 +142,31 @@ class Trainer:
         self.logged[name] = float(value)
         if self.writer is not None:
             self.writer.add_scalar(name, float(value), self.epoch + 1 if step is None else step)
+
+    @property
+    def should_log_step(self) -> bool:
+        """Whether the step just taken is one to log (every ``log_every_n_steps``, main process only)."""
+        return self.writer is not None and self.global_step % self.log_every_n_steps == 0
+
+    def log_step_scalar(self, name: str, value: float) -> None:
+        """``step/<name>`` against the global step, for curves inside an epoch (not in ``logged``)."""
+        if self.writer is not None:
+            self.writer.add_scalar(f"step/{name}", float(value), self.global_step)
+
+    def _log_step(self, loss_value: float, metrics: dict) -> None:
+        self.log_step_scalar("train_target_loss", loss_value)
+        for name, metric in metrics.items():  # the epoch's running value, as the progress bar shows it
+            self.log_step_scalar(f"train_{name}", metric.compute())
+        for name, (optimizer, _) in self.optimizers.items():
+            self.log_step_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
+
+    def _log_config(self) -> None:
+        """The run's effective config (``config.yaml`` beside the event files) in TensorBoard's text tab."""
+        config = self.log_dir / "config.yaml" if self.log_dir is not None else None
+        if self.writer is not None and config is not None and config.is_file():
+            # Indented four spaces: a code block in TensorBoard's markdown, so YAML keeps its layout.
+            text = "\n".join("    " + line for line in config.read_text().splitlines())
+            self.writer.add_text("config", text, self.global_step)
 
     def log_figure(self, tag: str, figure) -> None:
         if self.writer is not None:
@@ -166,6 +197,7 @@ class Trainer:
             "format": TRAINING_FORMAT,
             "model": self.model_checkpoint(),
             "optimizers": {name: opt.state_dict() for name, (opt, _) in self.optimizers.items()},
+            "optimizer_types": {name: type(opt).__name__ for name, (opt, _) in self.optimizers.items()},
             "schedulers": {name: s.state_dict() for name, (_, s) in self.optimizers.items() if s is not None},
             "epoch": epoch,
             "batch": batch,
@@ -181,13 +213,34 @@ class Trainer:
             save_atomic(self.state_dict(epoch, batch), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore everything but the model (which the task loaded already)."""
+        """Restore everything but the model (which the task loaded already).
+
+        A checkpoint whose optimizers do not fit the config's (other names, classes, schedulers or
+        parameter groups) is a ``RupqError`` that says what differs, not a traceback from torch.
+        """
+        saved, configured = sorted(state["optimizers"]), sorted(self.optimizers)
+        if saved != configured:
+            raise RupqError(f"the checkpoint's optimizers are {', '.join(saved)}; the config's are {', '.join(configured)}")
         for name, (optimizer, scheduler) in self.optimizers.items():
-            if name not in state["optimizers"]:
-                raise RupqError(f"the checkpoint has no state for optimizer '{name}' (it has {sorted(state['optimizers'])})")
-            optimizer.load_state_dict(state["optimizers"][name])
-            if scheduler is not None and name in state["schedulers"]:
-                scheduler.load_state_dict(state["schedulers"][name])
+            saved_type = state.get("optimizer_types", {}).get(name, type(optimizer).__name__)
+            if saved_type != type(optimizer).__name__:
+                raise RupqError(f"optimizer '{name}' is {saved_type} in the checkpoint but {type(optimizer).__name__} in the config")
+            if (scheduler is not None) != (name in state["schedulers"]):
+                where = "the config" if scheduler is not None else "the checkpoint"
+                raise RupqError(f"optimizer '{name}' has a scheduler only in {where}")
+            groups = [len(group["params"]) for group in state["optimizers"][name]["param_groups"]]
+            current = [len(group["params"]) for group in optimizer.param_groups]
+            if groups != current:
+                raise RupqError(
+                    f"optimizer '{name}' trained {sum(groups)} parameter tensors in the checkpoint but gets "
+                    f"{sum(current)} from the config: another model, model_parser or model_params_type"
+                )
+            try:
+                optimizer.load_state_dict(state["optimizers"][name])
+                if scheduler is not None:
+                    scheduler.load_state_dict(state["schedulers"][name])
+            except (ValueError, KeyError) as error:
+                raise RupqError(f"optimizer '{name}': the checkpoint's state does not fit: {error}") from None
         self.epoch, self.start_batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
         self.logged = dict(state.get("logged", {}))
         if state.get("grad_scaler"):
@@ -200,6 +253,7 @@ class Trainer:
     def fit(self) -> dict:
         started = time.time()
         with self._stop:
+            self._log_config()
             self._call("on_fit_start")
             for epoch in range(self.epoch, self.epochs):
                 self.epoch = epoch
@@ -213,6 +267,9 @@ class Trainer:
             self._writer.flush()
         self.logged["time_s"] = time.time() - started
         return self.logged
+
+    def _batches(self, loader) -> int:
+        return len(loader) if self.limit_batches is None else min(len(loader), self.limit_batches)
 
     def _metric_postfix(self, loss_sum: float, steps: int, metrics: dict) -> dict:
         postfix = {"loss": f"{loss_sum / max(steps, 1):.4g}"}
@@ -232,7 +289,7 @@ class Trainer:
         progress = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{self.epochs} train",
-            total=len(loader),
+            total=self._batches(loader),
             disable=not self.is_main,
             dynamic_ncols=True,
             mininterval=1.0,
@@ -266,11 +323,16 @@ class Trainer:
             with torch.no_grad():
                 for metric in loop.train_metrics.values():
                     metric.update(output.preds.detach(), output.targets)
+            if self.should_log_step:
+                self._log_step(loss_value, loop.train_metrics)
+            self._call("on_train_batch_end")
             if self.is_main and (steps % 10 == 0 or batch_index + 1 == len(loader) + start_batch):
                 progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
             if any_process(self._stop.requested, self.device):  # all processes stop after the same iteration
                 self.save_checkpoint(self.epoch, batch_index + 1)
                 raise TrainingInterrupted(self.checkpoint_path)
+            if steps == self.limit_batches:
+                break
         progress.close()
         synchronize_buffers(self.model)
         self._log_epoch("train", loss_sum, steps, loop.train_metrics)
@@ -307,11 +369,11 @@ class Trainer:
             metric.reset()
         loader = loop.dataset.val_dataloader()
         progress = tqdm(
-            loader, desc=f"epoch {self.epoch + 1}/{self.epochs} val", total=len(loader),
+            loader, desc=f"epoch {self.epoch + 1}/{self.epochs} val", total=self._batches(loader),
             disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False,
         )
         loss_sum, steps = 0.0, 0
-        for batch in progress:
+        for batch in itertools.islice(progress, self.limit_batches):
             with self._autocast():
                 output = loop.validation_step(self.train_model, move_to(batch, self.device))
             if output.loss is not None:

@@ -1,6 +1,7 @@
 """Checkpoint files: written atomically, read without unpickling code.
 
-``model.ckpt`` holds ``{"format", "arch", "quantized", "state_dict"}`` where ``arch`` is the
+``model.ckpt`` holds ``{"format", "arch", "quantized", "quantizers", "state_dict"}`` (``quantizers``:
+each quantizer's type, bit width and half-wave flag, to tell a config that does not fit) where ``arch`` is the
 architecture name and arguments (:func:`rupq.models.architecture_of`). The training-state
 checkpoint adds optimizers, schedulers, counters and RNG states. Both contain tensors and plain
 Python data only and are read with ``torch.load(..., weights_only=True)``.

@@ -46,6 +46,7 @@ class FakeTrainer:
 
     def __init__(self, model, batches, epoch=0, epochs=2):
         self.model, self.device, self.epoch, self.epochs = model, torch.device("cpu"), epoch, epochs
+        self.limit_batches = None  # --fast-dev-run's batch limit
         self.scalars, self.figures = {}, {}
         dataset = types.SimpleNamespace(train_dataloader=lambda: iter(batches))
         self.training_loop = types.SimpleNamespace(dataset=dataset, unpack_batch=lambda batch: (batch[0], batch[1]))

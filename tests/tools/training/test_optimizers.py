@@ -3,21 +3,26 @@ import torch
 import torch.nn as nn
 
 from rupq.errors import ConfigError
-from rupq.tools.training.optimizers import build_optimizers, param_type, select_parameters
+from rupq.quantizers import MeanStdInitializer, ModelParser, ModuleQuantizer, QuantLinear, StepOffsetQuantizer, StepQuantizer
+from rupq.tools.training.optimizers import build_optimizers, select_parameters
 
 
-class FakeQuantLayer(nn.Module):
-    """Parameter names as a wrapped layer has them: module.weight, quantizer.*_quantizer.step."""
+def FakeQuantLayer():
+    """A Linear wrapped as a model parser wraps it: module.weight/bias, quantizer.*_quantizer.step (and offset)."""
+    prototype = QuantLinear(ModuleQuantizer(StepOffsetQuantizer(MeanStdInitializer()),
+                                            StepQuantizer(MeanStdInitializer(), per_channel=True)))
+    parsed = ModelParser({"Linear": prototype}, {"default": 4}, {"default": 4}, {"default": False}).parse(
+        nn.Sequential(nn.Linear(3, 2)))
+    return parsed[0]
+
+
+class Misleading(nn.Module):
+    """Plain layers whose names contain the quantizers' attribute names: they are weights all the same."""
 
     def __init__(self):
         super().__init__()
-        self.module = nn.Linear(3, 2)
-        self.quantizer = nn.Module()
-        self.quantizer.input_quantizer = nn.Module()
-        self.quantizer.input_quantizer.step = nn.Parameter(torch.ones(()))
-        self.quantizer.input_quantizer.offset = nn.Parameter(torch.zeros(()))
-        self.quantizer.weight_quantizer = nn.Module()
-        self.quantizer.weight_quantizer.step = nn.Parameter(torch.ones(2, 1))
+        self.input_quantizer_head = nn.Linear(2, 2)
+        self.weight_quantizer_like = nn.Parameter(torch.ones(2))
 
 
 def names(model, params):
@@ -25,7 +30,7 @@ def names(model, params):
     return sorted(lookup[id(p)] for p in params)
 
 
-def test_groups_split_by_parameter_name():
+def test_groups_split_by_quantizer():
     model = nn.Sequential(FakeQuantLayer())
     assert names(model, select_parameters(model, "weight")) == ["0.module.bias", "0.module.weight"]
     assert names(model, select_parameters(model, "quant_input")) == [
@@ -33,7 +38,14 @@ def test_groups_split_by_parameter_name():
     assert names(model, select_parameters(model, "quant_weight")) == ["0.quantizer.weight_quantizer.step"]
     assert len(select_parameters(model, "quant")) == 3
     assert len(select_parameters(model, "all")) == 5
-    assert param_type("layer1.0.conv1.quantizer.weight_quantizer.transformation.x") == "quant_weight"
+
+
+def test_groups_are_decided_by_module_type_not_by_name():
+    model = nn.Sequential(FakeQuantLayer(), Misleading())
+    assert names(model, select_parameters(model, "weight")) == [
+        "0.module.bias", "0.module.weight", "1.input_quantizer_head.bias", "1.input_quantizer_head.weight",
+        "1.weight_quantizer_like"]
+    assert len(select_parameters(model, "quant")) == 3
 
 
 def test_each_optimizer_has_its_scheduler_stepping_per_iteration():
