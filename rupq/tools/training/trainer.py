@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from rupq.errors import RupqError
 from rupq.tools.training.loops import TrainingLoop, move_to
-from rupq.tools.training.parallel import any_process, synchronize_buffers
+from rupq.tools.training.parallel import any_process, gather_from_every_process, process_index, synchronize_buffers
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, save_atomic
 
 
@@ -115,6 +115,8 @@ class Trainer:
         self.start_batch = 0
         self.global_step = 0
         self.logged: dict[str, float] = {}
+        # Running sums of the epoch an interrupted run stopped in, one entry per process.
+        self.interrupted_epoch_sums: list[dict] | None = None
         self._writer = None
         self._stop = _StopRequests()
 
@@ -153,7 +155,7 @@ class Trainer:
     def checkpoint_path(self) -> Path | None:
         return self.log_dir / "checkpoints" / "last.ckpt" if self.log_dir else None
 
-    def state_dict(self, epoch: int, batch: int) -> dict:
+    def state_dict(self, epoch: int, batch: int, epoch_sums: list[dict] | None = None) -> dict:
         return {
             "format": TRAINING_FORMAT,
             "model": self.model_checkpoint(),
@@ -165,11 +167,12 @@ class Trainer:
             "rng": rng_state(),
             "callbacks": [callback.state_dict() for callback in self.callbacks],
             "logged": dict(self.logged),
+            "epoch_sums": epoch_sums,
         }
 
-    def save_checkpoint(self, epoch: int, batch: int) -> None:
+    def save_checkpoint(self, epoch: int, batch: int, epoch_sums: list[dict] | None = None) -> None:
         if self.is_main and self.checkpoint_path is not None:
-            save_atomic(self.state_dict(epoch, batch), self.checkpoint_path)
+            save_atomic(self.state_dict(epoch, batch, epoch_sums), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore everything but the model (which the task loaded already)."""
@@ -181,6 +184,7 @@ class Trainer:
                 scheduler.load_state_dict(state["schedulers"][name])
         self.epoch, self.start_batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
         self.logged = dict(state.get("logged", {}))
+        self.interrupted_epoch_sums = state.get("epoch_sums")
         for callback, callback_state in zip(self.callbacks, state.get("callbacks", [])):
             callback.load_state_dict(callback_state)
         set_rng_state(state["rng"])
@@ -226,7 +230,7 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        loss_sum, steps = 0.0, 0
+        loss_sum, steps = self._resume_epoch_sums(loop.train_metrics) if start_batch else (0.0, 0)
         for batch_index, batch in enumerate(progress, start=start_batch):
             batch = move_to(batch, self.device)
             output = loop.training_step(self.train_model, batch)
@@ -256,7 +260,9 @@ class Trainer:
             if self.is_main and (steps % 10 == 0 or batch_index + 1 == len(loader) + start_batch):
                 progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
             if any_process(self._stop.requested, self.device):  # all processes stop after the same iteration
-                self.save_checkpoint(self.epoch, batch_index + 1)
+                sums = {"loss_sum": loss_sum, "steps": steps,
+                        "metrics": {name: metric.state_dict() for name, metric in loop.train_metrics.items()}}
+                self.save_checkpoint(self.epoch, batch_index + 1, gather_from_every_process(sums))
                 raise TrainingInterrupted(self.checkpoint_path)
         progress.close()
         synchronize_buffers(self.model)
@@ -264,6 +270,25 @@ class Trainer:
         for name, (optimizer, _) in self.optimizers.items():
             self.log_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
         self._call("on_train_epoch_end")
+
+    def _resume_epoch_sums(self, metrics: dict) -> tuple[float, int]:
+        """Continue the interrupted epoch's loss sum, step count and metric sums, so that the
+        epoch's logged values are those of a run never interrupted. Each process takes its own
+        sums; resumed on another number of processes, the first takes them all (the values
+        logged at the end of the epoch are sums over the processes either way)."""
+        every_process, self.interrupted_epoch_sums = self.interrupted_epoch_sums or [], None
+        rank, world_size = process_index()
+        if len(every_process) == world_size:
+            mine = [every_process[rank]]
+        else:
+            mine = every_process if rank == 0 else []
+        for name, metric in metrics.items():
+            totals: dict = {}
+            for sums in mine:
+                for key, value in sums["metrics"].get(name, {}).items():
+                    totals[key] = totals[key] + value if key in totals else value
+            metric.load_state_dict(totals)
+        return sum(sums["loss_sum"] for sums in mine), sum(sums["steps"] for sums in mine)
 
     def _log_epoch(self, split: str, loss_sum: float, steps: int, metrics: dict) -> None:
         if steps:
