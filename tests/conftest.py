@@ -1,6 +1,8 @@
 """Shared fixtures: tiny datasets written in the real on-disk formats, and a CLI runner."""
 
+import contextlib
 import gzip
+import io
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,6 +80,30 @@ def run_cli(*args, env=None, cwd=REPO, timeout=600) -> subprocess.CompletedProce
         [sys.executable, str(REPO / "rupq" / "main.py"), *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# Tiny models on a shared 2-core machine: one intra-op thread per process. Two threads per
+# process next to DataLoader workers and other jobs make each step up to 100× slower.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def run_main(*args) -> subprocess.CompletedProcess:
+    """``rupq.main.main(ARGS)`` in this process: the command line's own argument parsing, error
+    printing and exit status, without the ~3 s of a fresh interpreter. Anything but SystemExit
+    (an exception main lets escape) fails the calling test with its traceback."""
+    from rupq.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code, threads = 0, torch.get_num_threads()
+    torch.set_num_threads(1)  # as ONE_THREAD does for subprocesses
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main([str(arg) for arg in args])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["rupq", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 def write_config(path: Path, text: str) -> Path:

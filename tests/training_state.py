@@ -47,10 +47,15 @@ def results(version_dir: Path) -> dict:
     return {name: value for name, value in logged.items() if name not in VARYING_RESULTS}
 
 
-def tensorboard_scalars(version_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar a run wrote to TensorBoard: ``{tag: [(step, value), …]}``."""
+def tensorboard_scalars(*version_dirs: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar the runs wrote to TensorBoard, ``{tag: [(step, value), …]}`` in step order:
+    an interrupted run and its resumed run together show what one uninterrupted run shows."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(version_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for version_dir in version_dirs:
+        events = EventAccumulator(str(version_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((event.step, event.value) for event in events.Scalars(tag))
+    return {tag: sorted(values) for tag, values in scalars.items()}

@@ -117,6 +117,8 @@ class Trainer:
         self.logged: dict[str, float] = {}
         # Running sums of the epoch an interrupted run stopped in, one entry per process.
         self.interrupted_epoch_sums: list[dict] | None = None
+        # Whether load_state_dict gave every process its own random streams back.
+        self.restored_every_process_rng = False
         self._writer = None
         self._stop = _StopRequests()
 
@@ -155,7 +157,8 @@ class Trainer:
     def checkpoint_path(self) -> Path | None:
         return self.log_dir / "checkpoints" / "last.ckpt" if self.log_dir else None
 
-    def state_dict(self, epoch: int, batch: int, epoch_sums: list[dict] | None = None) -> dict:
+    def state_dict(self, epoch: int, batch: int, every_process_rng: list[dict] | None = None,
+                   epoch_sums: list[dict] | None = None) -> dict:
         return {
             "format": TRAINING_FORMAT,
             "model": self.model_checkpoint(),
@@ -164,15 +167,19 @@ class Trainer:
             "epoch": epoch,
             "batch": batch,
             "global_step": self.global_step,
-            "rng": rng_state(),
+            # One entry per process (rank order): a run resumed on as many processes continues
+            # each process's own random streams (augmentations, dropout).
+            "rng": every_process_rng or [rng_state()],
             "callbacks": [callback.state_dict() for callback in self.callbacks],
             "logged": dict(self.logged),
             "epoch_sums": epoch_sums,
         }
 
     def save_checkpoint(self, epoch: int, batch: int, epoch_sums: list[dict] | None = None) -> None:
+        """Called by every process together (it gathers their RNG states); the main one writes."""
+        every_process_rng = gather_from_every_process(rng_state())
         if self.is_main and self.checkpoint_path is not None:
-            save_atomic(self.state_dict(epoch, batch, epoch_sums), self.checkpoint_path)
+            save_atomic(self.state_dict(epoch, batch, every_process_rng, epoch_sums), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore everything but the model (which the task loaded already)."""
@@ -187,7 +194,10 @@ class Trainer:
         self.interrupted_epoch_sums = state.get("epoch_sums")
         for callback, callback_state in zip(self.callbacks, state.get("callbacks", [])):
             callback.load_state_dict(callback_state)
-        set_rng_state(state["rng"])
+        every_process_rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older: rank 0's
+        rank, world_size = process_index()
+        self.restored_every_process_rng = len(every_process_rng) == world_size
+        set_rng_state(every_process_rng[rank] if self.restored_every_process_rng else every_process_rng[0])
 
     # ---- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
