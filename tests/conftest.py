@@ -23,11 +23,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
-def write_tiny_fashion_mnist(root: Path) -> Path:
-    """64 training and 32 test 28×28 images whose class is visible (bright band at row 2·class)."""
+def write_tiny_fashion_mnist(root: Path, train: int = 64, test: int = 32) -> Path:
+    """``train`` training and ``test`` test 28×28 images whose class is visible (bright band at
+    row 2·class on dim noise), classes in turn."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for split, count in (("train", 64), ("t10k", 32)):
+    for split, count in (("train", train), ("t10k", test)):
         labels = np.arange(count) % 10
         images = rng.integers(0, 60, size=(count, 28, 28))
         for index, label in enumerate(labels):
@@ -35,6 +36,31 @@ def write_tiny_fashion_mnist(root: Path) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def write_glyph_fashion_mnist(root: Path, train: int, test: int, seed: int = 0) -> Path:
+    """Fashion-MNIST files of a learnable 10-class task: each class has its own 4×4 glyph, stamped
+    6 times at random places on noise, so a small convnet (whose global pooling forgets where
+    things are) learns it in a few epochs. Classes in turn; test images are new draws."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    glyphs = rng.integers(0, 2, size=(10, 4, 4)) * 255
+    for split, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 80, size=(count, 28, 28))
+        for image, label in zip(images, labels):
+            for y, x in rng.integers(0, 24, size=(6, 2)):
+                image[y : y + 4, x : x + 4] = glyphs[label]
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def edit_shipped(text: str, old: str, new: str) -> str:
+    """``text`` of a shipped config with ``old`` replaced by ``new``; fails when the shipped file
+    no longer contains ``old`` (a test must not quietly run something else)."""
+    assert old in text, f"the shipped config no longer contains {old!r}"
+    return text.replace(old, new)
 
 
 @pytest.fixture

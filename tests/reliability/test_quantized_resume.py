@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from conftest import REPO, run_main, write_config, write_tiny_fashion_mnist
+from conftest import REPO, edit_shipped, run_main, write_config, write_tiny_fashion_mnist
 from rupq.tools.training.loops import TrainingLoop
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint
 from training_state import assert_identical, results, tensorboard_scalars
@@ -27,18 +27,12 @@ EPOCHS = 2
 SIGTERM_AT_ITERATION = 3
 
 
-def replace_once(text: str, old: str, new: str) -> str:
-    """``text`` with ``old`` replaced; the shipped recipe must still contain it (else this fails)."""
-    assert text.count(old) >= 1, f"the shipped recipe no longer contains {old!r}"
-    return text.replace(old, new)
-
-
 def quantized_config(folder, recipe: str, fashion_root):
     """The shipped quickstart recipe ``w4a4_{recipe}.yaml`` on tiny data for ``EPOCHS`` epochs."""
     text = (QUICKSTART / f"w4a4_{recipe}.yaml").read_text()
-    text = replace_once(text, "  batch_size: 128\n", f"  batch_size: 8\n  root: {fashion_root}\n")
-    text = replace_once(text, "T_max: 469", f"T_max: {ITERATIONS_PER_EPOCH * EPOCHS}")
-    text = replace_once(text, "  epochs: 1\n", f"  epochs: {EPOCHS}\n"
+    text = edit_shipped(text, "  batch_size: 128\n", f"  batch_size: 8\n  root: {fashion_root}\n")
+    text = edit_shipped(text, "T_max: 469", f"T_max: {ITERATIONS_PER_EPOCH * EPOCHS}")
+    text = edit_shipped(text, "  epochs: 1\n", f"  epochs: {EPOCHS}\n"
                         "  model_arch: small_resnet\n  model_kwargs: {widths: [4, 8], blocks: [1, 1]}\n")
     if recipe == "rupq":  # BatchNorm re-estimation before the last validation (the MobileNet-v2 recipes')
         text += "  callbacks:\n    - !BatchNormReestimationCallback {num_batches: 3}\n"
