@@ -6,6 +6,7 @@ compare with one-process runs of the same config and global batch, run by the co
 ``main`` in this process.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -171,6 +172,77 @@ def test_sync_bn_is_refused_without_torchrun_or_gpus():
 
 
 # ---- DataParallel code path (runs on the CPU: DataParallel without GPUs calls the model) ------
+
+
+def quantized_tiny_convnet(input_standardization: bool) -> nn.Module:
+    """``tiny_convnet`` (no BatchNorm, whose statistics are per shard) with LSQ+ quantizers, and
+    RUPQ's input Standardization if asked, initialised on a first batch."""
+    from rupq.models import create_model
+    from rupq.quantizers import (MeanStdInitializer, ModelParser, ModuleQuantizer, QuantConv2d, QuantLinear,
+                                 Standardization, StepOffsetQuantizer, StepQuantizer, initialize_quantizers)
+
+    def quantizer():
+        standardization = Standardization(momentum=0.9, std_init=1.0) if input_standardization else None
+        return ModuleQuantizer(StepOffsetQuantizer(MeanStdInitializer(), standardization),
+                               StepQuantizer(MeanStdInitializer(), per_channel=True))
+
+    torch.manual_seed(0)
+    parser = ModelParser({"Conv2d": QuantConv2d(quantizer()), "Linear": QuantLinear(quantizer())},
+                         {"default": 4, "exceptions": {"0": 8}}, {"default": 4, "exceptions": {"0": 8}},
+                         {"default": True, "exceptions": {"0": False}})
+    model = parser.parse(create_model("tiny_convnet"))
+    initialize_quantizers(model, torch.randn(16, 1, 12, 12))
+    return model
+
+
+def data_parallel_step(data_parallel: nn.DataParallel, inputs, targets, gpus: int):
+    """One training step as ``torch.nn.DataParallel`` takes it on ``gpus`` GPUs, on the CPU: at the
+    start of the forward pass the module is replicated, each replica runs on its slice of the
+    batch, the outputs are gathered and the loss is taken over the whole batch; each parameter's
+    gradient is the sum of the replicas' gradients, and what replica 0 writes into its buffers in
+    place stays in the module."""
+    model = data_parallel.module
+    # New module objects; the first shares the module's parameters and buffers (they are on its
+    # device already), the others hold copies.
+    on_first_device = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    replicas = [copy.deepcopy(model, memo=on_first_device)] + [copy.deepcopy(model) for _ in range(gpus - 1)]
+    outputs = torch.cat([replica(part) for replica, part in zip(replicas, inputs.chunk(gpus))])
+    nn.functional.cross_entropy(outputs, targets).backward()
+    for replica in replicas[1:]:
+        for parameter, replica_parameter in zip(model.parameters(), replica.parameters()):
+            parameter.grad += replica_parameter.grad
+
+
+def test_data_parallel_gradients_are_those_of_one_device_on_the_whole_batch():
+    """What DataParallel's numbers depend on, checked on the CPU (the real multi-GPU run is in
+    scripts/gpu_check.sh): the model as ``Parallelism.wrap_model`` hands it to DataParallel on 2
+    GPUs gets, from 2 replicas on half batches, the gradients one device gets on the whole batch
+    — weights, steps and offsets (LSQ's step-gradient scale counts the global batch)."""
+    one_device = quantized_tiny_convnet(input_standardization=False)
+    wrapped = Parallelism("data_parallel", torch.device("cpu"), gpus=2).wrap_model(copy.deepcopy(one_device))
+    assert isinstance(wrapped, nn.DataParallel)
+    inputs, targets = torch.randn(16, 1, 12, 12), torch.arange(16) % 10
+    nn.functional.cross_entropy(one_device(inputs), targets).backward()
+    data_parallel_step(wrapped, inputs, targets, gpus=2)
+    expected = dict(one_device.named_parameters())
+    for name, parameter in wrapped.module.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        torch.testing.assert_close(parameter.grad, expected[name].grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_data_parallel_keeps_the_first_replicas_sigma_ema():
+    """DataParallel cannot share σ between replicas inside a forward pass: RUPQ's activation EMA
+    after a step is the one replica 0 computed from its half of the batch."""
+    one_device = quantized_tiny_convnet(input_standardization=True)
+    wrapped = Parallelism("data_parallel", torch.device("cpu"), gpus=2).wrap_model(copy.deepcopy(one_device))
+    inputs, targets = torch.randn(16, 1, 12, 12) * 3, torch.arange(16) % 10
+    data_parallel_step(wrapped, inputs, targets, gpus=2)
+    one_device(inputs[:8])  # the first replica's shard, on one device
+    emas = {name: value for name, value in one_device.state_dict().items() if name.endswith("ema_std")}
+    assert emas and all(value != 1.0 for value in emas.values())  # std_init 1.0, then updated
+    for name, value in wrapped.module.state_dict().items():
+        if name in emas:
+            torch.testing.assert_close(value, emas[name], rtol=1e-6, atol=0, msg=name)
 
 
 def test_data_parallel_run_writes_unwrapped_checkpoints(tmp_path, tiny_fashion_mnist):
