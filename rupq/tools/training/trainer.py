@@ -18,6 +18,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from rupq.errors import RupqError
+from rupq.tools.metrics.base import Metric
 from rupq.tools.training.loops import TrainingLoop, move_to
 from rupq.tools.training.parallel import any_process, gather_from_every_process, process_index, synchronize_buffers
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, save_atomic
@@ -271,7 +272,8 @@ class Trainer:
                 progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
             if any_process(self._stop.requested, self.device):  # all processes stop after the same iteration
                 sums = {"loss_sum": loss_sum, "steps": steps,
-                        "metrics": {name: metric.state_dict() for name, metric in loop.train_metrics.items()}}
+                        "metrics": {name: metric.state_dict() for name, metric in loop.train_metrics.items()
+                                    if isinstance(metric, Metric)}}  # other metrics restart at the resume
                 self.save_checkpoint(self.epoch, batch_index + 1, gather_from_every_process(sums))
                 raise TrainingInterrupted(self.checkpoint_path)
         progress.close()
@@ -293,6 +295,8 @@ class Trainer:
         else:
             mine = every_process if rank == 0 else []
         for name, metric in metrics.items():
+            if not isinstance(metric, Metric):
+                continue
             totals: dict = {}
             for sums in mine:
                 for key, value in sums["metrics"].get(name, {}).items():
