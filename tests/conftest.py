@@ -1,6 +1,8 @@
 """Shared fixtures: tiny datasets written in the real on-disk formats, and a CLI runner."""
 
+import contextlib
 import gzip
+import io
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,11 +28,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
-def write_tiny_fashion_mnist(root: Path) -> Path:
-    """64 training and 32 test 28×28 images whose class is visible (bright band at row 2·class)."""
+def write_tiny_fashion_mnist(root: Path, train: int = 64, test: int = 32) -> Path:
+    """``train`` training and ``test`` test 28×28 images whose class is visible (bright band at
+    row 2·class on dim noise), classes in turn."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for split, count in (("train", 64), ("t10k", 32)):
+    for split, count in (("train", train), ("t10k", test)):
         labels = np.arange(count) % 10
         images = rng.integers(0, 60, size=(count, 28, 28))
         for index, label in enumerate(labels):
@@ -37,6 +41,31 @@ def write_tiny_fashion_mnist(root: Path) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def write_glyph_fashion_mnist(root: Path, train: int, test: int, seed: int = 0) -> Path:
+    """Fashion-MNIST files of a learnable 10-class task: each class has its own 4×4 glyph, stamped
+    6 times at random places on noise, so a small convnet (whose global pooling forgets where
+    things are) learns it in a few epochs. Classes in turn; test images are new draws."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    glyphs = rng.integers(0, 2, size=(10, 4, 4)) * 255
+    for split, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 80, size=(count, 28, 28))
+        for image, label in zip(images, labels):
+            for y, x in rng.integers(0, 24, size=(6, 2)):
+                image[y : y + 4, x : x + 4] = glyphs[label]
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def edit_shipped(text: str, old: str, new: str) -> str:
+    """``text`` of a shipped config with ``old`` replaced by ``new``; fails when the shipped file
+    no longer contains ``old`` (a test must not quietly run something else)."""
+    assert old in text, f"the shipped config no longer contains {old!r}"
+    return text.replace(old, new)
 
 
 @pytest.fixture
@@ -85,6 +114,30 @@ def run_cli(*args, env=None, cwd=REPO, timeout=600) -> subprocess.CompletedProce
         [sys.executable, str(REPO / "rupq" / "main.py"), *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# Tiny models on a shared 2-core machine: one intra-op thread per process. Two threads per
+# process next to DataLoader workers and other jobs make each step up to 100× slower.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def run_main(*args) -> subprocess.CompletedProcess:
+    """``rupq.main.main(ARGS)`` in this process: the command line's own argument parsing, error
+    printing and exit status, without the ~3 s of a fresh interpreter. Anything but SystemExit
+    (an exception main lets escape) fails the calling test with its traceback."""
+    from rupq.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code, threads = 0, torch.get_num_threads()
+    torch.set_num_threads(1)  # as ONE_THREAD does for subprocesses
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main([str(arg) for arg in args])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["rupq", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -1,3 +1,4 @@
+import hashlib
 import textwrap
 from pathlib import Path
 
@@ -95,7 +96,15 @@ def test_seed_float_configs_load(tmp_path):
 
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "rupq" / "examples").rglob("*.yaml"))
+SEED_MANIFEST = Path(__file__).parent / "examples" / "seed_configs.sha256"
 SEED_EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "seed" / "examples"
+
+
+def seed_manifest() -> dict[str, str]:
+    """``{path under rupq/examples: SHA-256}`` of the 34 seed configs (``sha256sum`` format),
+    recorded from the original project's ``seed/examples``, so that a clone checks them alone."""
+    entries = [line.split("  ", 1) for line in SEED_MANIFEST.read_text().splitlines()]
+    return {path: digest for digest, path in entries}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p).split("examples/")[1])
@@ -103,11 +112,17 @@ def test_every_example_config_loads(path):
     assert isinstance(load_config(path)["task"], Task)
 
 
-@pytest.mark.skipif(not SEED_EXAMPLES.is_dir(), reason="the seed configs (shared/seed) are not beside this clone")
 def test_seed_configs_are_shipped_unchanged_and_load():
-    seed_files = sorted(SEED_EXAMPLES.rglob("*.yaml"))
-    assert len(seed_files) == 34
-    for seed_file in seed_files:
-        shipped = Path(__file__).parent.parent / "rupq" / "examples" / seed_file.relative_to(SEED_EXAMPLES)
-        assert shipped.read_text() == seed_file.read_text(), shipped
-        assert isinstance(load_config(seed_file)["task"], Task)
+    examples = Path(__file__).parent.parent / "rupq" / "examples"
+    manifest = seed_manifest()
+    assert len(manifest) == 34
+    for relative, digest in manifest.items():
+        shipped = examples / relative
+        assert shipped.is_file(), f"seed config {relative} is not shipped"
+        assert hashlib.sha256(shipped.read_bytes()).hexdigest() == digest, f"{shipped} differs from the seed's"
+        assert isinstance(load_config(shipped)["task"], Task)
+    # Beside a workspace that has the seed itself, the record must also match it.
+    if SEED_EXAMPLES.is_dir():
+        seed = {str(path.relative_to(SEED_EXAMPLES)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in SEED_EXAMPLES.rglob("*.yaml")}
+        assert seed == manifest

@@ -23,10 +23,12 @@ def test_resnet18_example_config_trains_on_imagenet_layout(tmp_path, tiny_imagen
     assert list(version.glob("events.out.tfevents.*"))
     model = load_checkpoint(version / "model.ckpt")
     assert model["arch"] == {"name": "resnet18", "kwargs": {}} and model["quantized"] is False
+    first_run_files = {path: path.read_bytes() for path in version.rglob("*") if path.is_file()}
     second = run_cli("--config", config, "--logdir", logdir)
     assert second.returncode == 0, second.stderr
     assert (logdir / "version_1" / "model.ckpt").is_file()
-    assert (version / "model.ckpt").read_bytes() != b""  # the first run was left alone
+    # The first run was left alone: the same files, byte for byte.
+    assert {path: path.read_bytes() for path in version.rglob("*") if path.is_file()} == first_run_files
 
 
 def final_weights(version_dir):

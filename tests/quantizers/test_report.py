@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -100,6 +101,13 @@ def test_calibration_report_lists_every_wrapped_tensor():
     assert conv1_input[:4] == ["conv1", "input", "8", "no"]
     q = model.conv1.quantizer.input_quantizer
     assert float(conv1_input[4]) == float(f"{q.min_value.item():.6g}") and float(conv1_input[6]) == float(f"{q.step.item():.6g}")
+    # fc's weight step is per output channel: its row shows the mean and (min..max) of the 10 steps.
     fc_weight = lines[-1].split()
-    assert fc_weight[:4] == ["fc", "weight", "4", "no"] and "(" in fc_weight[6] or ".." in lines[-1]
+    assert fc_weight[:4] == ["fc", "weight", "4", "no"] and len(fc_weight) == 8
+    steps = model.fc.quantizer.weight_quantizer.initial_step
+    assert steps.numel() == 10 and steps.min() < steps.max()
+    low, high = fc_weight[7].removeprefix("(").removesuffix(")").split("..")
+    assert float(fc_weight[6]) == pytest.approx(steps.mean().item(), rel=1e-5)
+    assert float(low) == pytest.approx(steps.min().item(), rel=1e-3)
+    assert float(high) == pytest.approx(steps.max().item(), rel=1e-3)
     assert len(lines[1]) == max(len(line) for line in lines)  # underlined to the table's width

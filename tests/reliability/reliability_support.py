@@ -1,33 +1,9 @@
-"""Helpers of the reliability tests: the command line run in this process, config line numbers."""
+"""Helpers of the reliability tests: config line numbers, one-line errors (and, from conftest,
+the command line run in this process)."""
 
-import contextlib
-import io
 import subprocess
 
-import torch
-
-# Tiny models on a shared 2-core machine: one intra-op thread per process. Two threads per
-# process next to DataLoader workers and other jobs make each step up to 100× slower.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def run_main(*args) -> subprocess.CompletedProcess:
-    """``rupq.main.main(ARGS)`` in this process: the command line's own argument parsing, error
-    printing and exit status, without the ~3 s of a fresh interpreter. Anything but SystemExit
-    (an exception main lets escape) fails the calling test with its traceback."""
-    from rupq.main import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code, threads = 0, torch.get_num_threads()
-    torch.set_num_threads(1)  # as ONE_THREAD does for subprocesses
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main([str(arg) for arg in args])
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
-        finally:
-            torch.set_num_threads(threads)
-    return subprocess.CompletedProcess(["rupq", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+from conftest import ONE_THREAD, run_main  # noqa: F401  (used by the reliability tests)
 
 
 def line_of(text: str, needle: str, occurrence: int = 1) -> int:

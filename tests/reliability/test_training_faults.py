@@ -1,10 +1,12 @@
 """Training faults lose nothing: a non-finite loss stops the run with the last good checkpoint
 kept; Ctrl-C and SIGTERM write a resumable checkpoint; resuming from the middle of an epoch ends
-with the same weights, bit for bit, as a run that was never interrupted; a checkpoint write killed
-at any moment leaves the previous checkpoint loadable."""
+exactly as a run that was never interrupted, also with DataLoader workers; a checkpoint write
+killed at any point leaves the previous checkpoint loadable.
+
+No test bets on time: signals are sent when the run has reached a point it shows (a worker
+opened the image the test holds back), kills when the writer has reached a point it reports."""
 
 import os
-import random
 import re
 import select
 import signal
@@ -12,12 +14,18 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import REPO, fashion_config, run_cli, write_config, write_tiny_fashion_mnist
+from conftest import REPO, fashion_config, run_cli, write_config
 from reliability_support import ONE_THREAD, one_error_line, run_main
+from rupq.dataloaders.base import EpochSampler
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint, save_atomic
+from training_state import assert_identical, results, tensorboard_scalars
 
 # ---- non-finite loss ------------------------------------------------------------------------
 
@@ -57,70 +65,116 @@ def test_non_finite_loss_before_any_checkpoint(tmp_path, tiny_fashion_mnist):
 
 # ---- interrupting and resuming ----------------------------------------------------------------
 
+WORKERS_CONFIG = """
+dataset: &dataset !ImageNet2012Dataloader
+  batch_size: 2
+  num_workers: 2
+  image_size: 24
+  root: {root}
+optimizers: &optimizers
+  weight_optimizer:
+    name: SGD
+    params: {{lr: 0.05, momentum: 0.9}}
+    scheduler:
+      name: CosineAnnealingLR
+      params: {{T_max: 32}}
+training_loop: &training_loop !TrainingLoop
+  dataset: *dataset
+  loss: !CrossEntropyLoss
+  train_metrics:
+    accuracy: !Accuracy
+  val_metrics:
+    accuracy: !Accuracy
+task: !Task
+  training_loop: *training_loop
+  epochs: 2
+  optimizers: *optimizers
+  model_saver: {{monitor: val_accuracy, mode: max}}
+  model_arch: small_resnet
+  model_kwargs: {{in_channels: 3, num_classes: 2, widths: [4, 8], blocks: [1, 1]}}
+"""
+TRAIN_IMAGES, BATCH = 32, 2
+# The run is made to wait, in the middle of its first epoch, for the image that the 8th of its 16
+# batches holds (its DataLoader worker reads the file from a pipe the test writes), and the
+# signal comes while it waits: the run cannot have finished before it.
+BLOCKING_BATCH = 7
 
-def worker_config(folder, fashion_root):
-    """2 epochs of 32 iterations (batch 2), augmentation on, 2 DataLoader worker processes."""
-    text = fashion_config(folder / "base.yaml", fashion_root, epochs=2).read_text()
-    text = text.replace("  batch_size: 16\n", "  batch_size: 2\n  num_workers: 2\n")
-    return write_config(folder / "workers.yaml", text)
+
+def write_workers_run(folder):
+    """ImageNet-layout data (2 classes of 16 training and 2 validation JPEGs, read one by one by 2
+    DataLoader worker processes with random crops and flips) and a 2-epoch config of 16
+    iterations per epoch."""
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", TRAIN_IMAGES // 2), ("val", 2)):
+        for cls in ("n01440764", "n01443537"):
+            (folder / "imagenet" / split / cls).mkdir(parents=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 255, size=(30, 36, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / "imagenet" / split / cls / f"{cls}_{index:02d}.JPEG")
+    return write_config(folder / "workers.yaml", WORKERS_CONFIG.format(root=folder / "imagenet"))
 
 
-def interrupt_when_training(config, logdir, send) -> tuple[subprocess.CompletedProcess, str]:
-    """Start the CLI, wait for the first training progress bar, call ``send(process)``, wait for it."""
+def blocking_image(folder) -> Path:
+    """The training image that batch ``BLOCKING_BATCH`` of the first epoch starts with (the
+    ImageFolder order: classes, then files, sorted; the epoch's order: EpochSampler's)."""
+    images = sorted((folder / "imagenet" / "train").glob("*/*.JPEG"))
+    return images[EpochSampler(len(images), seed=0, epoch=0).indices()[BLOCKING_BATCH * BATCH]]
+
+
+def interrupt_while_it_waits_for_an_image(config, logdir, image: Path, send) -> subprocess.CompletedProcess:
+    """Run the CLI with ``image`` replaced by a named pipe; when a DataLoader worker opens it (the
+    run reached that image of its first epoch), ``send(process)`` the signal, then feed the image
+    through the pipe and wait for the run to end. ``image`` is a plain file again afterwards."""
+    contents = image.read_bytes()
+    image.unlink()
+    os.mkfifo(image)
     env = dict(os.environ, **ONE_THREAD)
     env.pop("PYTHONPATH", None)
     process = subprocess.Popen(
         [sys.executable, str(REPO / "rupq" / "main.py"), "--config", str(config), "--logdir", str(logdir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
-    stderr, deadline = b"", time.monotonic() + 300
     try:
-        while b"epoch 1/2 train" not in stderr:  # tqdm draws the bar when the loop starts
-            assert time.monotonic() < deadline and process.poll() is None, stderr.decode()
-            if select.select([process.stderr], [], [], 1.0)[0]:
-                stderr += os.read(process.stderr.fileno(), 65536)
+        pipe = None
+        while pipe is None:  # opening the write end fails until a reader has the pipe open
+            try:
+                pipe = os.open(image, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                assert process.poll() is None, process.communicate()[1].decode()[-3000:]
+                time.sleep(0.01)
         send(process)
-        stdout, rest = process.communicate(timeout=300)
+        os.set_blocking(pipe, True)
+        try:
+            os.write(pipe, contents)
+        except BrokenPipeError:  # the run stopped before it needed this image
+            pass
+        os.close(pipe)
+        stdout, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout.decode(), (stderr + rest).decode())
-
-
-def final_state(version_dir):
-    return load_checkpoint(version_dir / "checkpoints" / "last.ckpt", TRAINING_FORMAT)
-
-
-def assert_same_training_state(expected, actual):
-    assert expected["model"]["state_dict"].keys() == actual["model"]["state_dict"].keys()
-    for name, value in expected["model"]["state_dict"].items():
-        assert torch.equal(value, actual["model"]["state_dict"][name]), name
-    expected_moments = expected["optimizers"]["weight_optimizer"]["state"]
-    actual_moments = actual["optimizers"]["weight_optimizer"]["state"]
-    for index, state in expected_moments.items():
-        assert torch.equal(state["momentum_buffer"], actual_moments[index]["momentum_buffer"]), index
-    assert (expected["epoch"], expected["batch"], expected["global_step"]) == (
-        actual["epoch"], actual["batch"], actual["global_step"])
+        image.unlink()
+        image.write_bytes(contents)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout.decode(), stderr.decode())
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The reference: the same config run from start to end (once for the module)."""
+    """The reference: the same run from start to end (once for the module)."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    config = worker_config(folder, write_tiny_fashion_mnist(folder / "fashion"))
-    result = run_cli("--config", config, "--logdir", folder / "straight", env=ONE_THREAD)
+    result = run_cli("--config", write_workers_run(folder), "--logdir", folder / "straight", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
-    return config, final_state(folder / "straight" / "version_0")
+    return folder / "straight" / "version_0"
 
 
 @pytest.mark.parametrize("how", ["SIGTERM to the main process", "Ctrl-C to the process group"])
 def test_interrupted_mid_epoch_then_resumed_equals_the_uninterrupted_run(tmp_path, uninterrupted, how):
-    config, expected = uninterrupted
     if how.startswith("SIGTERM"):
         send = lambda process: process.send_signal(signal.SIGTERM)  # noqa: E731  (a scheduler's notice)
     else:
         send = lambda process: os.killpg(process.pid, signal.SIGINT)  # noqa: E731  (the terminal's Ctrl-C)
-    stopped = interrupt_when_training(config, tmp_path / "stopped", send)
+    config = write_workers_run(tmp_path)
+    stopped = interrupt_while_it_waits_for_an_image(config, tmp_path / "stopped", blocking_image(tmp_path), send)
     checkpoint_path = tmp_path / "stopped" / "version_0" / "checkpoints" / "last.ckpt"
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert f"training interrupted; resume with --checkpoint_path {checkpoint_path}" in stopped.stderr
@@ -128,61 +182,98 @@ def test_interrupted_mid_epoch_then_resumed_equals_the_uninterrupted_run(tmp_pat
     name = "SIGTERM" if how.startswith("SIGTERM") else "SIGINT"
     assert stopped.stdout.count(f"{name} received: finishing this iteration") == 1  # workers stay quiet
     saved = load_checkpoint(checkpoint_path, TRAINING_FORMAT)
-    assert 0 < saved["batch"] < 32, (saved["epoch"], saved["batch"])  # in the middle of an epoch
+    # In the first epoch, at the latest right after the batch the run waited for.
+    assert saved["epoch"] == 0 and 1 <= saved["batch"] <= BLOCKING_BATCH + 1, (saved["epoch"], saved["batch"])
     assert not (tmp_path / "stopped" / "version_0" / "results.json").exists()
 
     resumed = run_cli("--config", config, "--logdir", tmp_path / "resumed", "--checkpoint_path", checkpoint_path,
                       env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming at epoch {saved['epoch'] + 1}, iteration {saved['batch'] + 1}" in resumed.stdout
-    assert_same_training_state(expected, final_state(tmp_path / "resumed" / "version_0"))
+    assert f"resuming at epoch 1, iteration {saved['batch'] + 1}" in resumed.stdout
+    actual = tmp_path / "resumed" / "version_0"
+    assert_identical(final_state(uninterrupted), final_state(actual))
+    assert_identical(results(uninterrupted), results(actual))
+    assert_identical(tensorboard_scalars(uninterrupted), tensorboard_scalars(tmp_path / "stopped/version_0", actual))
+
+
+def final_state(version_dir):
+    return load_checkpoint(version_dir / "checkpoints" / "last.ckpt", TRAINING_FORMAT)
 
 
 # ---- killed while writing a checkpoint --------------------------------------------------------
 
+# Where in save_atomic the writer is killed, in the order they happen: after the temporary file
+# is created and before a byte is written, half way through the data, before the data is
+# flushed to disk, before the rename over the old checkpoint, and after it.
+KILL_POINTS = ("before writing", "half written", "before fsync", "before rename", "after rename")
 
-def write_checkpoints_forever(path, first_step: int) -> None:
-    """The child process: write checkpoints ``first_step``, ``first_step + 1`` … until killed."""
+
+def write_until(point: str, path, step: int, reached) -> None:
+    """The child process: write checkpoint ``step`` to ``path`` with ``save_atomic``; at ``point``
+    tell the parent (one byte on the pipe ``reached``) and wait there to be killed."""
+    import io
+
+    def stop_here():
+        os.write(reached, b"x")
+        while True:
+            signal.pause()
+
+    real_save, real_fsync, real_replace = torch.save, os.fsync, os.replace
+
+    def save(obj, stream):
+        if point == "before writing":
+            stop_here()
+        if point == "half written":
+            data = io.BytesIO()
+            real_save(obj, data)
+            stream.write(data.getvalue()[: len(data.getvalue()) // 2])
+            stream.flush()
+            stop_here()
+        real_save(obj, stream)
+
+    def fsync(fd):
+        if point == "before fsync":
+            stop_here()
+        real_fsync(fd)
+
+    def replace(source, target):
+        if point == "before rename":
+            stop_here()
+        real_replace(source, target)
+        if point == "after rename":
+            stop_here()
+
     try:
         torch.set_num_threads(1)  # no OpenMP pool inherited across fork
-        step = first_step
-        while True:
-            # 16 MB, so that most of the time goes into writing it.
-            save_atomic({"format": TRAINING_FORMAT, "step": step, "weights": torch.full((4_000_000,), float(step))},
-                        path)
-            step += 1
+        torch.save, os.fsync, os.replace = save, fsync, replace
+        save_atomic({"format": TRAINING_FORMAT, "step": step, "weights": torch.full((1_000_000,), float(step))}, path)
     finally:
-        os._exit(0)
+        os._exit(1)  # never reached when the kill came at the chosen point
 
 
-def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, point):
     path = tmp_path / "checkpoints" / "last.ckpt"
-    rng = random.Random(0)
-    last_step, kills, mid_write = -1, 25, 0
-    for kill in range(kills):
-        pid = os.fork()
-        if pid == 0:
-            write_checkpoints_forever(path, last_step + 1)
-        deadline = time.monotonic() + 60
-        # Let the child finish at least one write of its own, then kill it at a random moment:
-        # every other time as soon as its next temporary file appears (in the middle of a write).
-        while not (path.is_file() and load_checkpoint(path)["step"] > last_step):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        if kill % 2:
-            while not any(p.suffix == ".tmp" for p in path.parent.iterdir()) and time.monotonic() < deadline:
-                pass
-            time.sleep(rng.uniform(0, 0.01))
-        else:
-            time.sleep(rng.uniform(0, 0.05))
+    save_atomic({"format": TRAINING_FORMAT, "step": 0, "weights": torch.full((1_000_000,), 0.0)}, path)
+    reached, tell = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reached)
+        write_until(point, path, 1, tell)
+    os.close(tell)
+    try:
+        assert select.select([reached], [], [], 120)[0], f"the writer never got to {point!r}"
+        assert os.read(reached, 1) == b"x", f"the writer ended before {point!r}"
+    finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        leftovers = [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
-        mid_write += bool(leftovers)
-        for leftover in leftovers:  # what the next run's writer would never read
-            leftover.unlink()
-        saved = load_checkpoint(path, TRAINING_FORMAT)
-        assert saved["step"] > last_step
-        assert torch.equal(saved["weights"], torch.full((4_000_000,), float(saved["step"])))  # not torn
-        last_step = saved["step"]
-    assert mid_write >= kills // 4, f"only {mid_write} of {kills} kills hit a write in progress"
+        os.close(reached)
+    renamed = KILL_POINTS.index(point) > KILL_POINTS.index("before rename")
+    saved = load_checkpoint(path, TRAINING_FORMAT)
+    assert saved["step"] == (1 if renamed else 0)  # the new checkpoint only once renamed over the old
+    assert torch.equal(saved["weights"], torch.full((1_000_000,), float(saved["step"])))  # not torn
+    leftovers = [p.name for p in path.parent.iterdir() if p.suffix == ".tmp"]
+    assert len(leftovers) == (0 if renamed else 1), leftovers
+    # The next write removes what the killed writer left behind.
+    save_atomic({"format": TRAINING_FORMAT, "step": 2, "weights": torch.zeros(1)}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]

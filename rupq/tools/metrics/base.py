@@ -21,6 +21,13 @@ class Metric:
         value = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
         self._sums[name] = self._sums.get(name, torch.zeros((), dtype=torch.float64)) + value
 
+    def state_dict(self) -> dict:
+        """The accumulated sums (for the checkpoint of an interrupted epoch)."""
+        return {name: value.clone() for name, value in self._sums.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sums = {name: value.clone() for name, value in state.items()}
+
     def sync(self) -> None:
         """Sum the accumulated state over all processes of a distributed run."""
         if not (dist.is_available() and dist.is_initialized()):

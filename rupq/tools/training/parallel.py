@@ -149,6 +149,20 @@ def broadcast_from_main(value):
     return box[0]
 
 
+def process_index() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a distributed run."""
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def gather_from_every_process(value) -> list:
+    """``[value of rank 0, value of rank 1, …]`` on every process (plain picklable data)."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def synchronize_buffers(model: nn.Module) -> None:
     """Give every process rank 0's buffers (BatchNorm statistics …).
 

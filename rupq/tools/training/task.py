@@ -336,7 +336,7 @@ class Task:
             if context.is_main:
                 print(f"resuming at epoch {trainer.epoch + 1}, iteration {trainer.start_batch + 1}", flush=True)
                 self._carry_over_best_model(context)
-        if context.world_size > 1:
+        if context.world_size > 1 and not trainer.restored_every_process_rng:
             # One seed so far on every process (identical models and calibration); from here on
             # each process draws its own augmentations and dropout masks.
             seed_everything(process_seed(self.seed, context.rank, trainer.global_step))

@@ -19,8 +19,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from rupq.errors import RupqError
+from rupq.tools.metrics.base import Metric
 from rupq.tools.training.loops import TrainingLoop, move_to
-from rupq.tools.training.parallel import any_process, synchronize_buffers
+from rupq.tools.training.parallel import any_process, gather_from_every_process, process_index, synchronize_buffers
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, save_atomic
 
 
@@ -126,6 +127,10 @@ class Trainer:
         self.start_batch = 0
         self.global_step = 0
         self.logged: dict[str, float] = {}
+        # Running sums of the epoch an interrupted run stopped in, one entry per process.
+        self.interrupted_epoch_sums: list[dict] | None = None
+        # Whether load_state_dict gave every process its own random streams back.
+        self.restored_every_process_rng = False
         self._writer = None
         self._stop = _StopRequests()
 
@@ -192,7 +197,8 @@ class Trainer:
     def checkpoint_path(self) -> Path | None:
         return self.log_dir / "checkpoints" / "last.ckpt" if self.log_dir else None
 
-    def state_dict(self, epoch: int, batch: int) -> dict:
+    def state_dict(self, epoch: int, batch: int, every_process_rng: list[dict] | None = None,
+                   epoch_sums: list[dict] | None = None) -> dict:
         return {
             "format": TRAINING_FORMAT,
             "model": self.model_checkpoint(),
@@ -202,15 +208,20 @@ class Trainer:
             "epoch": epoch,
             "batch": batch,
             "global_step": self.global_step,
-            "rng": rng_state(),
+            # One entry per process (rank order): a run resumed on as many processes continues
+            # each process's own random streams (augmentations, dropout).
+            "rng": every_process_rng or [rng_state()],
             "callbacks": [callback.state_dict() for callback in self.callbacks],
             "logged": dict(self.logged),
             "grad_scaler": self.grad_scaler.state_dict(),
+            "epoch_sums": epoch_sums,
         }
 
-    def save_checkpoint(self, epoch: int, batch: int) -> None:
+    def save_checkpoint(self, epoch: int, batch: int, epoch_sums: list[dict] | None = None) -> None:
+        """Called by every process together (it gathers their RNG states); the main one writes."""
+        every_process_rng = gather_from_every_process(rng_state())
         if self.is_main and self.checkpoint_path is not None:
-            save_atomic(self.state_dict(epoch, batch), self.checkpoint_path)
+            save_atomic(self.state_dict(epoch, batch, every_process_rng, epoch_sums), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore everything but the model (which the task loaded already).
@@ -245,9 +256,13 @@ class Trainer:
         self.logged = dict(state.get("logged", {}))
         if state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.interrupted_epoch_sums = state.get("epoch_sums")
         for callback, callback_state in zip(self.callbacks, state.get("callbacks", [])):
             callback.load_state_dict(callback_state)
-        set_rng_state(state["rng"])
+        every_process_rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older: rank 0's
+        rank, world_size = process_index()
+        self.restored_every_process_rng = len(every_process_rng) == world_size
+        set_rng_state(every_process_rng[rank] if self.restored_every_process_rng else every_process_rng[0])
 
     # ---- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -294,7 +309,7 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        loss_sum, steps = 0.0, 0
+        loss_sum, steps = self._resume_epoch_sums(loop.train_metrics) if start_batch else (0.0, 0)
         for batch_index, batch in enumerate(progress, start=start_batch):
             batch = move_to(batch, self.device)
             with self._autocast():
@@ -329,7 +344,10 @@ class Trainer:
             if self.is_main and (steps % 10 == 0 or batch_index + 1 == len(loader) + start_batch):
                 progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
             if any_process(self._stop.requested, self.device):  # all processes stop after the same iteration
-                self.save_checkpoint(self.epoch, batch_index + 1)
+                sums = {"loss_sum": loss_sum, "steps": steps,
+                        "metrics": {name: metric.state_dict() for name, metric in loop.train_metrics.items()
+                                    if isinstance(metric, Metric)}}  # other metrics restart at the resume
+                self.save_checkpoint(self.epoch, batch_index + 1, gather_from_every_process(sums))
                 raise TrainingInterrupted(self.checkpoint_path)
             if steps == self.limit_batches:
                 break
@@ -339,6 +357,27 @@ class Trainer:
         for name, (optimizer, _) in self.optimizers.items():
             self.log_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
         self._call("on_train_epoch_end")
+
+    def _resume_epoch_sums(self, metrics: dict) -> tuple[float, int]:
+        """Continue the interrupted epoch's loss sum, step count and metric sums, so that the
+        epoch's logged values are those of a run never interrupted. Each process takes its own
+        sums; resumed on another number of processes, the first takes them all (the values
+        logged at the end of the epoch are sums over the processes either way)."""
+        every_process, self.interrupted_epoch_sums = self.interrupted_epoch_sums or [], None
+        rank, world_size = process_index()
+        if len(every_process) == world_size:
+            mine = [every_process[rank]]
+        else:
+            mine = every_process if rank == 0 else []
+        for name, metric in metrics.items():
+            if not isinstance(metric, Metric):
+                continue
+            totals: dict = {}
+            for sums in mine:
+                for key, value in sums["metrics"].get(name, {}).items():
+                    totals[key] = totals[key] + value if key in totals else value
+            metric.load_state_dict(totals)
+        return sum(sums["loss_sum"] for sums in mine), sum(sums["steps"] for sums in mine)
 
     def _log_epoch(self, split: str, loss_sum: float, steps: int, metrics: dict) -> None:
         if steps:

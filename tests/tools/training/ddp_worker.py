@@ -1,51 +1,54 @@
-"""``rupq/main.py`` for the distributed tests: same command line, plus a dump of each process's model.
+"""``rupq/main.py`` for the distributed tests, with two callback tags their configs can name.
 
-Run as ``torchrun … ddp_worker.py --config … --logdir … [--then --config … --logdir …]`` (or with
-plain ``python`` for one process): each ``--then`` starts one more run in the same processes,
-which saves launching torch again. After each run every process writes
-``<logdir>/state_rank{RANK}.pt`` (its unwrapped state dict as it holds it after the last step).
+Run as ``torchrun … ddp_worker.py --config … --logdir …``: the command line's own ``main``,
+one run per launch, so every run joins its process group and tears it down as a user's run
+does. Nothing of rupq is replaced; the two callbacks below are registered as config tags the
+way the README says a tag is added (a class in a tag package's ``__all__``):
+
+- ``!DumpProcessState``: when training ends, every process writes its unwrapped state dict as
+  it holds it then to ``<logdir>/state_rank{RANK}.pt`` (only rank 0 writes checkpoints, and
+  the tests compare the processes with each other);
+- ``!SigtermAtEpochStart {epoch: E}``: at the start of epoch ``E`` (1-based) every process
+  sends itself SIGTERM, as torchrun forwards a job scheduler's SIGTERM to its processes; the
+  run then stops after the first iteration of that epoch, at a point the test chose.
+
 Configs may use ``tiny_convnet`` (``tiny_models.py``).
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
 import tiny_models  # noqa: E402,F401  (registers tiny_convnet; this folder is on sys.path)
+import rupq.tools.callbacks as callback_tags  # noqa: E402
 from rupq.main import main  # noqa: E402
-from rupq.tools.training.parallel import Parallelism  # noqa: E402
-from rupq.tools.training.trainer import Trainer  # noqa: E402
+from rupq.tools.callbacks import Callback  # noqa: E402
 
 
-def fit_and_dump(trainer: Trainer) -> dict:
-    logged = original_fit(trainer)
-    logdir = trainer.log_dir.parent  # every process knows LOGDIR/version_N
-    torch.save(trainer.model.state_dict(), logdir / f"state_rank{os.environ.get('RANK', '0')}.pt")
-    return logged
+class DumpProcessState(Callback):
+    def on_fit_end(self, trainer) -> None:
+        logdir = trainer.log_dir.parent  # every process knows LOGDIR/version_N
+        torch.save(trainer.model.state_dict(), logdir / f"state_rank{os.environ.get('RANK', '0')}.pt")
 
 
-def init_once(*args, **kwargs):
-    if not dist.is_initialized():
-        init_process_group(*args, **kwargs)
+class SigtermAtEpochStart(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer) -> None:
+        if trainer.epoch + 1 == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
-original_fit = Trainer.fit
-Trainer.fit = fit_and_dump
-# Several runs in one launch share one process group: re-creating it under torchrun is racy
-# (its store still holds the previous group's addresses).
-init_process_group = dist.init_process_group
-dist.init_process_group = init_once
-Parallelism.close = lambda self: None
+for tag in (DumpProcessState, SigtermAtEpochStart):
+    setattr(callback_tags, tag.__name__, tag)
+    callback_tags.__all__.append(tag.__name__)
 
 if __name__ == "__main__":
-    arguments = " ".join(sys.argv[1:]).split(" --then ")
-    for run in arguments:
-        main(run.split())
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    main(sys.argv[1:])

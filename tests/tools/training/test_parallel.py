@@ -1,10 +1,12 @@
 """Several devices: mode selection, DataParallel wrapping (on the CPU) and real DDP runs over gloo.
 
 The distributed tests start ``torchrun --standalone --nproc_per_node 2`` on ``ddp_worker.py``
-(``rupq/main.py`` plus a dump of every process's model) and compare with one-process runs of
-the same config and global batch.
+(``rupq/main.py``, one run per launch, with a callback that dumps every process's model) and
+compare with one-process runs of the same config and global batch, run by the command line's
+``main`` in this process.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -16,12 +18,13 @@ import torch
 from torch import nn
 
 import tiny_models  # noqa: F401  (registers tiny_convnet)
-from conftest import REPO, write_config, write_tiny_fashion_mnist
+from conftest import REPO, run_main, write_config, write_tiny_fashion_mnist
 from rupq.config import load_config
 from rupq.errors import ConfigError
 from rupq.tools.training.parallel import Parallelism, choose_mode, setup_parallelism, torchrun_ranks
 from rupq.tools.training.task import RunContext
-from rupq.tools.utils.checkpoint import load_checkpoint
+from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint
+from training_state import assert_identical, results, tensorboard_scalars
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -52,7 +55,7 @@ model_parser: &model_parser !ModelParser
 dataset: &dataset !FashionMNISTDataloader
   batch_size: 16
   num_workers: 0
-  augment: false
+  augment: {augment}
   root: {root}
 schedule: &schedule {{name: CosineAnnealingLR, params: {{T_max: 8}}}}
 optimizers: &optimizers
@@ -85,34 +88,44 @@ task: !Task
   optimizers: *optimizers
   model_saver: {{monitor: val_accuracy, mode: max}}
   model_arch: {model}
-{model_kwargs}"""
+{model_kwargs}{callbacks}"""
 TINY = {"model": "tiny_convnet", "first": "'0'", "model_kwargs": ""}  # tiny_models.py
 SMALL_RESNET = {"model": "small_resnet", "first": "conv1", "model_kwargs": "  model_kwargs: {widths: [4, 8], blocks: [1, 1]}\n"}
 
 
-def rupq_config(path: Path, root: Path, epochs: int, model: dict) -> Path:
-    return write_config(path, RUPQ_CONFIG.format(root=root, epochs=epochs, **model))
+DUMP = "!DumpProcessState {}"  # ddp_worker.py's callback tags: only runs under the worker name them
+STOP_AT_EPOCH_2 = "!SigtermAtEpochStart {epoch: 2}"
 
 
-def launch(*runs, processes: int = 2) -> subprocess.CompletedProcess:
-    """``ddp_worker.py`` over gloo under torchrun (``processes`` > 1) or as one plain process."""
+def rupq_config(path: Path, root: Path, epochs: int, model: dict, callbacks=(), augment: bool = False) -> Path:
+    listed = "  callbacks:\n" + "".join(f"    - {tag}\n" for tag in callbacks) if callbacks else ""
+    return write_config(path, RUPQ_CONFIG.format(root=root, epochs=epochs, callbacks=listed,
+                                                 augment=str(augment).lower(), **model))
+
+
+def launch(*arguments, processes: int = 2, status: int = 0) -> subprocess.CompletedProcess:
+    """One run of ``ddp_worker.py`` (``rupq/main.py ARGUMENTS``) under torchrun over gloo."""
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "CUDA_VISIBLE_DEVICES")}
     env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on the CPU even where there is a GPU
     env["OMP_NUM_THREADS"] = "1"
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    arguments = " --then ".join(" ".join(map(str, run)) for run in runs).split()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     result = subprocess.run(
-        [*launcher, str(WORKER), *arguments], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [*launcher, str(WORKER), *map(str, arguments)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if status == 0:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    else:  # torchrun reports a failed process and exits with its own non-zero status
+        assert result.returncode != 0 and f"exitcode  : {status}" in result.stderr, result.stderr[-3000:]
     return result
 
 
 def states(logdir: Path, processes: int) -> list[dict]:
-    """Every process's model after its last step (``ddp_worker.py`` writes them into LOGDIR)."""
+    """Every process's model after its last step (``!DumpProcessState`` writes them into LOGDIR)."""
     return [torch.load(logdir / f"state_rank{rank}.pt") for rank in range(processes)]
+
+
+def checkpoint_model(version_dir: Path) -> dict:
+    return load_checkpoint(version_dir / "checkpoints/last.ckpt")["model"]["state_dict"]
 
 
 def assert_same_states(a: dict, b: dict, **tolerance) -> None:
@@ -161,6 +174,77 @@ def test_sync_bn_is_refused_without_torchrun_or_gpus():
 # ---- DataParallel code path (runs on the CPU: DataParallel without GPUs calls the model) ------
 
 
+def quantized_tiny_convnet(input_standardization: bool) -> nn.Module:
+    """``tiny_convnet`` (no BatchNorm, whose statistics are per shard) with LSQ+ quantizers, and
+    RUPQ's input Standardization if asked, initialised on a first batch."""
+    from rupq.models import create_model
+    from rupq.quantizers import (MeanStdInitializer, ModelParser, ModuleQuantizer, QuantConv2d, QuantLinear,
+                                 Standardization, StepOffsetQuantizer, StepQuantizer, initialize_quantizers)
+
+    def quantizer():
+        standardization = Standardization(momentum=0.9, std_init=1.0) if input_standardization else None
+        return ModuleQuantizer(StepOffsetQuantizer(MeanStdInitializer(), standardization),
+                               StepQuantizer(MeanStdInitializer(), per_channel=True))
+
+    torch.manual_seed(0)
+    parser = ModelParser({"Conv2d": QuantConv2d(quantizer()), "Linear": QuantLinear(quantizer())},
+                         {"default": 4, "exceptions": {"0": 8}}, {"default": 4, "exceptions": {"0": 8}},
+                         {"default": True, "exceptions": {"0": False}})
+    model = parser.parse(create_model("tiny_convnet"))
+    initialize_quantizers(model, torch.randn(16, 1, 12, 12))
+    return model
+
+
+def data_parallel_step(data_parallel: nn.DataParallel, inputs, targets, gpus: int):
+    """One training step as ``torch.nn.DataParallel`` takes it on ``gpus`` GPUs, on the CPU: at the
+    start of the forward pass the module is replicated, each replica runs on its slice of the
+    batch, the outputs are gathered and the loss is taken over the whole batch; each parameter's
+    gradient is the sum of the replicas' gradients, and what replica 0 writes into its buffers in
+    place stays in the module."""
+    model = data_parallel.module
+    # New module objects; the first shares the module's parameters and buffers (they are on its
+    # device already), the others hold copies.
+    on_first_device = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    replicas = [copy.deepcopy(model, memo=on_first_device)] + [copy.deepcopy(model) for _ in range(gpus - 1)]
+    outputs = torch.cat([replica(part) for replica, part in zip(replicas, inputs.chunk(gpus))])
+    nn.functional.cross_entropy(outputs, targets).backward()
+    for replica in replicas[1:]:
+        for parameter, replica_parameter in zip(model.parameters(), replica.parameters()):
+            parameter.grad += replica_parameter.grad
+
+
+def test_data_parallel_gradients_are_those_of_one_device_on_the_whole_batch():
+    """What DataParallel's numbers depend on, checked on the CPU (the real multi-GPU run is in
+    scripts/gpu_check.sh): the model as ``Parallelism.wrap_model`` hands it to DataParallel on 2
+    GPUs gets, from 2 replicas on half batches, the gradients one device gets on the whole batch
+    — weights, steps and offsets (LSQ's step-gradient scale counts the global batch)."""
+    one_device = quantized_tiny_convnet(input_standardization=False)
+    wrapped = Parallelism("data_parallel", torch.device("cpu"), gpus=2).wrap_model(copy.deepcopy(one_device))
+    assert isinstance(wrapped, nn.DataParallel)
+    inputs, targets = torch.randn(16, 1, 12, 12), torch.arange(16) % 10
+    nn.functional.cross_entropy(one_device(inputs), targets).backward()
+    data_parallel_step(wrapped, inputs, targets, gpus=2)
+    expected = dict(one_device.named_parameters())
+    for name, parameter in wrapped.module.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        torch.testing.assert_close(parameter.grad, expected[name].grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_data_parallel_keeps_the_first_replicas_sigma_ema():
+    """DataParallel cannot share σ between replicas inside a forward pass: RUPQ's activation EMA
+    after a step is the one replica 0 computed from its half of the batch."""
+    one_device = quantized_tiny_convnet(input_standardization=True)
+    wrapped = Parallelism("data_parallel", torch.device("cpu"), gpus=2).wrap_model(copy.deepcopy(one_device))
+    inputs, targets = torch.randn(16, 1, 12, 12) * 3, torch.arange(16) % 10
+    data_parallel_step(wrapped, inputs, targets, gpus=2)
+    one_device(inputs[:8])  # the first replica's shard, on one device
+    emas = {name: value for name, value in one_device.state_dict().items() if name.endswith("ema_std")}
+    assert emas and all(value != 1.0 for value in emas.values())  # std_init 1.0, then updated
+    for name, value in wrapped.module.state_dict().items():
+        if name in emas:
+            torch.testing.assert_close(value, emas[name], rtol=1e-6, atol=0, msg=name)
+
+
 def test_data_parallel_run_writes_unwrapped_checkpoints(tmp_path, tiny_fashion_mnist):
     """The model trained through DataParallel is saved without its ``module.`` prefix and loads
     into a plain model; input quantizers count the elements of the global batch."""
@@ -198,40 +282,52 @@ def test_data_parallel_run_writes_unwrapped_checkpoints(tmp_path, tiny_fashion_m
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two launches shared by the tests below (starting torch is most of their time):
+    """The runs the tests below share (starting torch is most of a launch's time); each DDP run
+    is one torchrun launch of 2 processes, each one-process run a ``main`` call in this process:
 
-    1. torchrun, 2 processes: ``tiny_convnet`` (no BatchNorm) for 1 epoch; ``small_resnet``
-       (BatchNorm) for 1 epoch;
-    2. one process: ``tiny_convnet`` for 1 epoch (the reference); epoch 2 resumed from the
-       DDP checkpoint of run 1; epoch 2 resumed from its own checkpoint.
+    - ``ddp``: ``tiny_convnet`` (no BatchNorm) for 1 epoch, and ``single``, the same in one
+      process; ``single_after_ddp`` / ``single_after_single``: epoch 2 in one process, resumed
+      from the checkpoint of each;
+    - ``ddp_resnet``: ``small_resnet`` (BatchNorm), augmented data, 2 epochs uninterrupted;
+      ``ddp_resnet_stopped``: the same, stopped by SIGTERM after the first iteration of epoch
+      2; ``ddp_resnet_resumed``: resumed from that checkpoint under torchrun.
     """
     root = tmp_path_factory.mktemp("parallel")
     data = write_tiny_fashion_mnist(root / "fashion")
-    one_epoch = rupq_config(root / "one.yaml", data, 1, TINY)
-    two_epochs = rupq_config(root / "two.yaml", data, 2, TINY)
-    batchnorm = rupq_config(root / "small.yaml", data, 1, SMALL_RESNET)
-    ddp = launch(["--config", one_epoch, "--logdir", root / "ddp"], ["--config", batchnorm, "--logdir", root / "ddp_batchnorm"])
-    single = launch(
-        ["--config", one_epoch, "--logdir", root / "single"],
-        ["--config", two_epochs, "--logdir", root / "single_after_ddp",
-         "--checkpoint_path", root / "ddp/version_0/checkpoints/last.ckpt"],
-        ["--config", two_epochs, "--logdir", root / "single_after_single",
-         "--checkpoint_path", root / "single/version_0/checkpoints/last.ckpt"],
-        processes=1,
-    )
-    return root, single.stdout, ddp.stdout
+    resnet = rupq_config(root / "resnet.yaml", data, 2, SMALL_RESNET, [DUMP], augment=True)
+    resnet_stopped = rupq_config(root / "resnet_stopped.yaml", data, 2, SMALL_RESNET, [DUMP, STOP_AT_EPOCH_2],
+                                 augment=True)
+    stdout = {
+        "ddp": launch("--config", rupq_config(root / "one.yaml", data, 1, TINY, [DUMP]), "--logdir", root / "ddp"),
+        "ddp_resnet": launch("--config", resnet, "--logdir", root / "ddp_resnet"),
+        "ddp_resnet_stopped": launch("--config", resnet_stopped, "--logdir", root / "ddp_resnet_stopped", status=130),
+    }
+    stdout["ddp_resnet_resumed"] = launch(
+        "--config", resnet, "--logdir", root / "ddp_resnet_resumed",
+        "--checkpoint_path", root / "ddp_resnet_stopped/version_0/checkpoints/last.ckpt")
+    one_epoch, two_epochs = rupq_config(root / "single_one.yaml", data, 1, TINY), rupq_config(root / "two.yaml", data, 2, TINY)
+    single = {
+        "single": run_main("--config", one_epoch, "--logdir", root / "single"),
+        "single_after_ddp": run_main("--config", two_epochs, "--logdir", root / "single_after_ddp",
+                                     "--checkpoint_path", root / "ddp/version_0/checkpoints/last.ckpt"),
+        "single_after_single": run_main("--config", two_epochs, "--logdir", root / "single_after_single",
+                                        "--checkpoint_path", root / "single/version_0/checkpoints/last.ckpt"),
+    }
+    for name, result in single.items():
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    return root, {name: result.stdout for name, result in {**stdout, **single}.items()}
 
 
 def test_distributed_rupq_equals_one_process(runs):
     """Two processes on halves of each global batch of 16 train exactly as one process on the
     whole batch: every process ends with the same weights, steps, offsets and σ EMAs, equal to
     the one-process run (a model without BatchNorm, whose statistics are per shard)."""
-    root, _, _ = runs
+    root, _ = runs
     rank0, rank1 = states(root / "ddp", 2)
     assert_same_states(rank0, rank1)
     emas = [name for name in rank0 if name.endswith("input_quantizer.transformation.ema_std")]
     assert emas and all(rank0[name] != 1.0 for name in emas)  # std_init 1.0, then trained
-    (reference,) = states(root / "single", 1)
+    reference = checkpoint_model(root / "single/version_0")
     assert_same_states(rank0, reference, rtol=1e-5, atol=1e-5)
     for name, value in rank0.items():  # the run did train its quantization parameters
         if name.endswith("input_quantizer.step"):
@@ -243,22 +339,23 @@ def test_distributed_rupq_equals_one_process(runs):
 
 
 def test_only_the_main_process_writes(runs):
-    root, single_stdout, ddp_stdout = runs
-    for run in ("ddp", "ddp_batchnorm"):
+    root, stdout = runs
+    for run in ("ddp", "ddp_resnet"):
         version_dir = root / run / "version_0"
         assert [p.name for p in version_dir.parent.iterdir() if p.is_dir()] == ["version_0"], run
         assert len(list(version_dir.glob("events.out.tfevents.*"))) == 1, run
         for name in ("config.yaml", "model.ckpt", "checkpoints/last.ckpt", "results.json"):
             assert (version_dir / name).is_file(), (run, name)
-    assert ddp_stdout.count("writing to") == 2  # rank 0 only, once per run
-    assert ddp_stdout.count("initial step") == 2  # the calibration report, once per run
+        assert stdout[run].count("writing to") == 1, run  # rank 0 only
+        assert stdout[run].count("initial step") == 1, run  # the calibration report, once
 
 
 def test_ddp_checkpoint_resumes_in_one_process(runs):
     """Epoch 2 in one process, resumed from the DDP run's checkpoint, gives the model that
     resuming the one-process run's checkpoint gives."""
-    root, single_stdout, _ = runs
-    assert single_stdout.count("resuming at epoch 2, iteration 1") == 2
+    root, stdout = runs
+    for run in ("single_after_ddp", "single_after_single"):
+        assert "resuming at epoch 2, iteration 1" in stdout[run], run
     after_ddp = load_checkpoint(root / "single_after_ddp/version_0/checkpoints/last.ckpt")
     after_single = load_checkpoint(root / "single_after_single/version_0/checkpoints/last.ckpt")
     assert after_ddp["epoch"] == after_single["epoch"] == 2
@@ -268,9 +365,28 @@ def test_ddp_checkpoint_resumes_in_one_process(runs):
 def test_batchnorm_statistics_end_identical_on_every_process(runs):
     """With BatchNorm each process normalizes its own shard, but after the epoch every process
     holds rank 0's statistics (what validation, callbacks and the checkpoint see)."""
-    root, _, _ = runs
-    rank0, rank1 = states(root / "ddp_batchnorm", 2)
+    root, _ = runs
+    rank0, rank1 = states(root / "ddp_resnet", 2)
     assert any(name.endswith("running_var") for name in rank0)
     assert_same_states(rank0, rank1)
-    saved = load_checkpoint(root / "ddp_batchnorm/version_0/checkpoints/last.ckpt")["model"]["state_dict"]
-    assert_same_states(saved, rank0)
+    assert_same_states(checkpoint_model(root / "ddp_resnet/version_0"), rank0)
+
+
+def test_distributed_run_resumed_mid_epoch_equals_the_uninterrupted_run(runs):
+    """Under torchrun too, a RUPQ run (BatchNorm, augmented data, Adam for the quantizers)
+    stopped by SIGTERM in the middle of an epoch and resumed with --checkpoint_path ends as the
+    uninterrupted run, bit for bit: every process's model, the checkpoint (every optimizer and
+    scheduler, counters, logged values), model.ckpt, results.json and the TensorBoard scalars."""
+    root, stdout = runs
+    stopped = load_checkpoint(root / "ddp_resnet_stopped/version_0/checkpoints/last.ckpt", TRAINING_FORMAT)
+    assert (stopped["epoch"], stopped["batch"]) == (1, 1)  # after the first of 4 iterations of epoch 2
+    assert "resuming at epoch 2, iteration 2" in stdout["ddp_resnet_resumed"]
+    expected_dir, actual_dir = root / "ddp_resnet/version_0", root / "ddp_resnet_resumed/version_0"
+    for expected, actual in zip(states(root / "ddp_resnet", 2), states(root / "ddp_resnet_resumed", 2)):
+        assert_identical(expected, actual)
+    assert_identical(load_checkpoint(expected_dir / "checkpoints/last.ckpt"),
+                     load_checkpoint(actual_dir / "checkpoints/last.ckpt"))
+    assert_identical(load_checkpoint(expected_dir / "model.ckpt"), load_checkpoint(actual_dir / "model.ckpt"))
+    assert_identical(results(expected_dir), results(actual_dir))
+    assert_identical(tensorboard_scalars(expected_dir),
+                     tensorboard_scalars(root / "ddp_resnet_stopped/version_0", actual_dir))
