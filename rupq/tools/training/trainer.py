@@ -6,7 +6,6 @@ A resumable checkpoint is written after every epoch and when the run is interrup
 (Ctrl-C, SIGTERM); resuming from it continues at the same iteration with the same RNG states.
 """
 
-import itertools
 import math
 import random
 import signal
@@ -133,6 +132,7 @@ class Trainer:
         self.restored_every_process_rng = False
         self._writer = None
         self._stop = _StopRequests()
+        self._config_logged = False
 
     # ---- logging (main process only) -------------------------------------------------------
     @property
@@ -268,7 +268,6 @@ class Trainer:
     def fit(self) -> dict:
         started = time.time()
         with self._stop:
-            self._log_config()
             self._call("on_fit_start")
             for epoch in range(self.epoch, self.epochs):
                 self.epoch = epoch
@@ -353,6 +352,12 @@ class Trainer:
                 break
         progress.close()
         synchronize_buffers(self.model)
+        if not self._config_logged:
+            # After the first epoch of this run, not before it: a SummaryWriter opened before the
+            # first DataLoader workers were forked made their shutdown after a worker error stall
+            # and print tracebacks (tests/reliability/test_data_errors.py).
+            self._log_config()
+            self._config_logged = True
         self._log_epoch("train", loss_sum, steps, loop.train_metrics)
         for name, (optimizer, _) in self.optimizers.items():
             self.log_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
@@ -412,7 +417,11 @@ class Trainer:
             disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False,
         )
         loss_sum, steps = 0.0, 0
-        for batch in itertools.islice(progress, self.limit_batches):
+        # A plain loop with a break, not itertools.islice: an error raised by a DataLoader worker
+        # must leave no wrapper holding the loader's iterator (its workers shut down in order).
+        for index, batch in enumerate(progress):
+            if index == self.limit_batches:
+                break
             with self._autocast():
                 output = loop.validation_step(self.train_model, move_to(batch, self.device))
             if output.loss is not None:
