@@ -135,7 +135,7 @@ def test_initialization_happens_once_and_survives_state_dict():
 
     fresh = _configured(StepOffsetQuantizer, "input", Standardization(momentum=0.9), True, False)
     fresh.load_state_dict(quantizer.state_dict())
-    assert fresh.initialized and fresh.transformation._ema_ready
+    assert fresh.initialized and bool(fresh.transformation.ema_std_initialized)
     quantizer.eval()
     fresh.eval()
     assert torch.equal(fresh(x), quantizer(x))

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from rupq.quantizers import MeanStdInitializer, calibration_report, initialize_quantizers, quantizers_of
+from rupq.quantizers import MeanStdInitializer, Standardization, calibration_report, initialize_quantizers, quantizers_of
 from test_parser import _rupq_parser
 
 
@@ -17,10 +17,8 @@ def _model(std_init=1.0):
     )
     parser = _rupq_parser({"default": 4, "exceptions": {"0": 8}}, {"default": 4}, {"default": True, "exceptions": {"0": False}})
     if std_init is None:
-        for prototype in parser.wrappers.values():
-            prototype.quantizer.input_quantizer.transformation.std_init = None
-            prototype.quantizer.input_quantizer.transformation.ema_std_initialized.fill_(False)
-            prototype.quantizer.input_quantizer.transformation._ema_ready = False
+        for prototype in parser.wrappers.values():  # the EMA starts at the first batch's std
+            prototype.quantizer.input_quantizer.transformation = Standardization(momentum=0.9999)
     return parser.parse(model)
 
 
