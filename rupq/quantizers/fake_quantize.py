@@ -89,6 +89,24 @@ def sigma_rule(std: torch.Tensor, ema: torch.Tensor | None, momentum: float) -> 
     return std if momentum == 0.0 else (momentum * ema).detach() + (1.0 - momentum) * std
 
 
+def standardization_sigma(
+    x: torch.Tensor,
+    offset: torch.Tensor | None,
+    std_dims: tuple[int, ...],
+    ema: torch.Tensor | None,
+    momentum: float,
+    std_trainable: bool = True,
+) -> torch.Tensor:
+    """σ of a training step: ``momentum · ema + (1 - momentum) · max(std(x - o), ε)``."""
+    # std(x - o) = std(x) when o is one value per std: shifting changes no deviation, and the
+    # offset then gets no gradient through σ (one reduction less in the backward pass).
+    shifts_each_std_uniformly = offset is None or offset.numel() == 1 or 0 not in std_dims
+    std = standard_deviation(x if shifts_each_std_uniformly else x - offset, std_dims)
+    if not std_trainable:
+        std = std.detach()
+    return sigma_rule(std, ema, momentum)
+
+
 class _LsqGrid(torch.autograd.Function):
     """``out = round(clamp((x - o) / c, n, p)) · c + o`` with the module docstring's gradients;
     ``c`` and ``o`` (or ``None``) broadcast against ``x``."""
@@ -140,12 +158,6 @@ def fake_quantize(
     x = x.float()
     step = learnable_step(step, grad_scale)
     if sigma is None and std_dims is not None:
-        # std(x - o) = std(x) when o is one value per std: shifting changes no deviation, and the
-        # offset then gets no gradient through σ (one reduction less in the backward pass).
-        shifts_each_std_uniformly = offset is None or offset.numel() == 1 or 0 not in std_dims
-        std = standard_deviation(x if shifts_each_std_uniformly else x - offset, std_dims)
-        if not std_trainable:
-            std = std.detach()
-        sigma = sigma_rule(std, ema, momentum)
+        sigma = standardization_sigma(x, offset, std_dims, ema, momentum, std_trainable)
     scale = step if sigma is None else step * sigma
     return _LsqGrid.apply(x, scale, offset, n, p), sigma

@@ -14,7 +14,7 @@ from torch import nn
 
 from rupq.errors import ConfigError
 from rupq.quantizers.compiled import quantize
-from rupq.quantizers.fake_quantize import integer_range, sigma_rule, standard_deviation, step_gradient_scale
+from rupq.quantizers.fake_quantize import integer_range, standardization_sigma, step_gradient_scale
 from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
 from rupq.quantizers.transformations import Standardization
 
@@ -81,8 +81,8 @@ class StepQuantizer(nn.Module):
         quantized_input = x.float() if offset is None else x.float() - offset
         transformation = self.transformation
         if transformation is not None:
-            std = standard_deviation(quantized_input, transformation.std_dims(x))
-            quantized_input = quantized_input / sigma_rule(std, transformation.ema_std, transformation.momentum)
+            sigma = standardization_sigma(x.float(), offset, transformation.std_dims(x), transformation.ema_std, transformation.momentum)
+            quantized_input = quantized_input / sigma
         self.initialize_from(quantized_input)
 
     @torch.no_grad()

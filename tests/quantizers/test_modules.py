@@ -1,12 +1,9 @@
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rupq.errors import ConfigError
-from rupq.quantizers import modules
 from rupq.quantizers import (
     MeanStdInitializer,
     MinErrorInitializer,

@@ -7,15 +7,15 @@ not on a few hundred elements. Tolerances are relative to each gradient's own ma
 - values: equal but for codes whose oracle value lies within 1e-5 of a rounding midpoint
   (the formula divides by s'·σ once, the oracle by σ then by s');
 - dL/dx: 1e-5 of its largest element, per element;
-- dL/ds, dL/do, dL/dσ (sums over up to a million products): 1e-6 of Σ |g| (|x| + 1), the size of
-  the terms summed, which float32 summation in another order may change by that much.
+- dL/ds: 1e-3 of its largest element, dL/do: 1e-4 (sums of up to a million products that
+  cancel; measured: 2e-4 and 7e-6 on the activation, 4e-7 on the weight's steps).
 """
 
 import pytest
 import torch
 from formula_paths import formula  # noqa: F401 (fixture)
 from quantizer_reference import install_reference, reference_grid
-from test_fake_quantize import _close, assert_same_quantization, summation_tolerance
+from test_fake_quantize import _close, assert_same_quantization
 
 from rupq.config import load_config
 from rupq.models import create_model
@@ -69,10 +69,9 @@ def test_formula_matches_the_oracle_at_training_sizes(case, formula):
 
     assert_same_quantization(out.detach(), expected.detach(), codes)
     _close(leaves[0].grad, oracle_leaves[0].grad, 1e-5)
-    atol = summation_tolerance(grad_out, x)
-    _close(leaves[1].grad, oracle_leaves[1].grad, 1e-5, atol)
+    _close(leaves[1].grad, oracle_leaves[1].grad, 1e-3)
     if offset is not None:
-        _close(offset_leaf.grad, oracle_offset.grad, 1e-5, atol)
+        _close(offset_leaf.grad, oracle_offset.grad, 1e-4)
 
 
 def test_quantized_small_resnet_step_matches_the_model_with_the_oracle_installed():
