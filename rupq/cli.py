@@ -1,4 +1,5 @@
-"""The ``rupq`` command: ``rupq train …`` (the same arguments as ``python rupq/main.py …``).
+"""The ``rupq`` command: ``rupq train …`` (the same arguments as ``python rupq/main.py …``) and
+``rupq export …`` (``python rupq/export.py …``).
 
 Installed by ``pip install .`` as a console script. ``python -m rupq …`` runs it too, and, as
 before there were sub-commands, ``python -m rupq --config …`` still means ``train``.
@@ -10,6 +11,7 @@ import sys
 # Sub-command → module whose ``main(argv)`` runs it (imported only when asked for: torch is slow to import).
 COMMANDS = {
     "train": ("rupq.main", "train or quantize a model from a YAML config"),
+    "export": ("rupq.export", "write a trained model.ckpt as an ONNX integer model, checked in onnxruntime"),
 }
 
 
