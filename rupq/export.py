@@ -124,7 +124,7 @@ class ActivationGrid:
     half_wave: bool
 
 
-def weight_codes(layer) -> WeightCodes:
+def weight_codes(layer, name: str) -> WeightCodes:
     """The layer's weight as integer codes and per-channel scales, equal to PyTorch's eval weight.
 
     The formula (:func:`fake_quantize`) computes the quantized weight and σ; ``c`` is its
@@ -137,7 +137,7 @@ def weight_codes(layer) -> WeightCodes:
 
     quantizer = layer.quantizer.weight_quantizer
     if quantizer.bit_width > 8:
-        raise ExportError(f"a {quantizer.bit_width}-bit weight; the exporter writes 2-8-bit weights (int4, int8)")
+        raise ExportError(f"layer '{name}': a {quantizer.bit_width}-bit weight; the exporter writes 2-8-bit weights (int4, int8)")
     weight = layer.module.weight.detach().float()
     # LSQ's gradient scale changes s' = (|s| - |s|g) + |s|g by an ulp: use the weight's own g.
     grad_scale = step_gradient_scale(weight.numel(), quantizer.step.numel(), quantizer.positive_clip)
@@ -153,7 +153,7 @@ def weight_codes(layer) -> WeightCodes:
         scale = scale.expand(weight.shape[0], *([1] * (weight.dim() - 1))).contiguous()
         codes = (out / scale).round()
     if not torch.equal(codes * scale, out):
-        raise ExportError(f"layer weight codes of {tuple(weight.shape)} do not reproduce the quantized weight")
+        raise ExportError(f"layer '{name}': the weight codes do not reproduce the quantized weight")
     return WeightCodes(codes.to(torch.int64), scale.flatten(), quantizer.bit_width)
 
 
@@ -343,7 +343,12 @@ def export_float_graph(model, input_size, name: str):
     except Exception as error:  # the exporter's many failure types all mean "cannot express this model"
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise ExportError(f"torch.onnx cannot export {name} at input size {list(input_size)}: {first[:300]}") from None
-    return program.model_proto
+    proto = program.model_proto
+    for node in proto.graph.node:
+        # The exporter's debugging notes (Python stack traces, fx names; over half of a small
+        # model's file): not part of the model, and they hold the paths of this machine.
+        del node.metadata_props[:]
+    return proto
 
 
 def quantized_model_proto(model, input_size, arch_name: str, integer_zero_points: bool):
@@ -356,7 +361,7 @@ def quantized_model_proto(model, input_size, arch_name: str, integer_zero_points
     rewriter = GraphRewriter(proto)
     bits = {}
     for name, layer in layers.items():
-        rewriter.quantize_weight(name, weight_codes(layer))
+        rewriter.quantize_weight(name, weight_codes(layer, name))
         grid = activation_grid(layer, name, integer_zero_points)
         rewriter.quantize_input(name, grid)
         bits[name] = (layer.quantizer.weight_quantizer.bit_width, grid.bit_width)
@@ -373,7 +378,7 @@ def integer_checkpoint(model, arch: dict, input_size, integer_zero_points: bool)
     quantized_tensors = set()
     entries = {}
     for name, layer in layers.items():
-        weight, grid = weight_codes(layer), activation_grid(layer, name, integer_zero_points)
+        weight, grid = weight_codes(layer, name), activation_grid(layer, name, integer_zero_points)
         module = layer.module
         entry = {
             "type": type(module).__name__,
@@ -616,9 +621,11 @@ def run(args: argparse.Namespace) -> dict:
         content = integer_checkpoint(model, arch, input_size, args.integer_zero_points)
         bits = {name: (entry["weight_bit_width"], entry["input_bit_width"]) for name, entry in content["layers"].items()}
         progress("[3/5] checking the codes: codes × scale equals PyTorch's quantized weight in every layer")
+        from rupq.quantizers.compiled import quantize
+
         for name, layer in layers.items():
             entry = content["layers"][name]
-            with torch.no_grad():
+            with torch.no_grad(), quantize.eagerly():
                 expected = layer.quantized_weight()
             shape = [-1] + [1] * (expected.dim() - 1)
             if not torch.equal(entry["weight_codes"].float() * entry["weight_scale"].view(shape), expected):
