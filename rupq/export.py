@@ -368,6 +368,27 @@ def quantized_model_proto(model, input_size, arch_name: str, integer_zero_points
     return rewriter.finish(), float_proto, bits
 
 
+def layers_whose_file_codes_differ(model, proto) -> list[str]:
+    """The quantized layers whose weight in the ONNX file, ``codes × scale`` read back from its
+    initializers (int4 unpacked), is not PyTorch's eval-mode quantized weight bit for bit."""
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+
+    from rupq.quantizers.compiled import quantize
+
+    stored = {init.name: init for init in proto.graph.initializer}
+    differing = []
+    for name, layer in quantized_layers(model).items():
+        codes = numpy_helper.to_array(stored[f"{name}.weight_codes"]).astype(np.float32)
+        scale = numpy_helper.to_array(stored[f"{name}.weight_scale"]).reshape([-1] + [1] * (codes.ndim - 1))
+        with torch.no_grad(), quantize.eagerly():
+            expected = layer.quantized_weight().numpy()
+        if not np.array_equal(codes * scale, expected):
+            differing.append(name)
+    return differing
+
+
 # ---- the integer checkpoint -----------------------------------------------------------------
 
 def integer_checkpoint(model, arch: dict, input_size, integer_zero_points: bool) -> dict:
@@ -450,12 +471,17 @@ def output_step(model, inputs, reference: list) -> float:
     return max(float(np.abs(a - b).max()) for a, b in zip(moved, reference))
 
 
-def onnxruntime_outputs(model_bytes: bytes, inputs) -> list:
+def onnxruntime_session(model_bytes: bytes):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
-    session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_outputs(model_bytes, inputs) -> list:
+    """The model (its bytes, or a session of them) run by onnxruntime's CPU kernels on ``inputs``."""
+    session = onnxruntime_session(model_bytes) if isinstance(model_bytes, bytes) else model_bytes
     return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
 
 
