@@ -39,9 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python rupq/export.py`: this folder is on sys.path, not the package's parent
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
+# `import rupq` needs the package installed (`pip install -e .`, see the README), as for rupq/main.py.
 from rupq.errors import CheckpointError, ConfigError, RupqError
 
 INTEGER_FORMAT = "rupq-integer-v1"
