@@ -617,6 +617,8 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; expected a file name")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
     config_path = Path(args.config) if args.config else checkpoint.parent / "config.yaml"
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist")

@@ -3,6 +3,7 @@ and compared with the PyTorch model in eval mode; integer codes read back from t
 
 import contextlib
 import io
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from rupq.config import load_config
 from rupq.export import main as export_main
 from rupq.export import output_step, quantized_layers
 from rupq.models import create_model
+from rupq.models.yolo import cfg_path
 from rupq.quantizers import initialize_quantizers
 from rupq.tools.training.task import model_checkpoint
 from rupq.tools.utils.checkpoint import save_atomic
@@ -147,6 +149,16 @@ def check_weight_codes(model, path):
         assert f"{name}.weight" not in stored, f"{name}: the float weight is still in the file"
 
 
+def narrow_yolo_v3_cfg(folder) -> str:
+    """The shipped YOLO-v3 cfg with every convolution 16 times narrower, written in ``folder``: the
+    same 75 convolutions, 3 scales, shortcuts, routes and upsampling in 1/256 of the parameters."""
+    text = cfg_path("yolov3").read_text()
+    narrow = re.sub(r"^filters\s*=\s*(\d+)", lambda m: f"filters={max(2, int(m.group(1)) // 16)}", text, flags=re.M)
+    path = folder / "yolov3-narrow.cfg"
+    path.write_text(narrow)
+    return str(path)
+
+
 ARCHITECTURES = {
     # arch: (model kwargs, input size, recipe, first layer)
     "small_resnet": ({"widths": [4, 8], "blocks": [1, 1]}, (1, 28, 28), "rupq", "conv1"),
@@ -154,7 +166,7 @@ ARCHITECTURES = {
     "mobilenet_v2": ({"num_classes": 10}, (3, 32, 32), "lsqplus", "features.0.0"),
     "srresnet": ({"scale": 2, "num_blocks": 1, "num_features": 8}, (3, 8, 8), "rupq", "conv1.0"),
     "edsr": ({"num_blocks": 1, "num_features": 8}, (3, 8, 8), "lsqplus", "head.0"),
-    "yolo_v3": ({"num_classes": 2}, (3, 64, 64), "lsq", "module_list.0.conv_0"),
+    "yolo_v3": ({"num_classes": 2, "cfg": narrow_yolo_v3_cfg}, (3, 64, 64), "lsq", "module_list.0.conv_0"),
     "yolo_v3_tiny_demo": ({"num_classes": 2}, (3, 64, 64), "rupq", "module_list.0.conv_0"),
 }
 
@@ -162,6 +174,7 @@ ARCHITECTURES = {
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_architecture_at_w4a4_runs_in_onnxruntime_like_pytorch(tmp_path, arch):
     kwargs, input_size, recipe, first = ARCHITECTURES[arch]
+    kwargs = {key: value(tmp_path) if callable(value) else value for key, value in kwargs.items()}
     model, checkpoint = make_run(tmp_path / "run", arch, kwargs, input_size, recipe, first=first)
     out = tmp_path / "model.onnx"
     result = run_export("--checkpoint", checkpoint, "--out", out, "--input-size", ",".join(map(str, input_size)),
@@ -300,9 +313,10 @@ def test_bad_inputs_are_one_line_errors_with_status_2(tmp_path):
         (["--checkpoint", full_precision, "--config", tmp_path / "q" / "config.yaml"], "holds a full-precision model"),
         (["--checkpoint", quantized, "--input-size", "1,28"], "expected three positive integers C,H,W"),
         (["--checkpoint", wide], "12-bit weight"),
+        (["--checkpoint", quantized, "--out", tmp_path / "nowhere" / "model.onnx"], "folder"),
     ]
     for arguments, message in cases:
-        result = run_export(*arguments, "--out", out)
+        result = run_export("--out", out, *arguments)  # a later --out wins
         assert result.returncode == 2, (arguments, result.stderr)
         assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert list(out.parent.iterdir()) == []
