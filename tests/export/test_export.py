@@ -30,10 +30,13 @@ INPUT_QUANTIZERS = {
     "lsqplus": "!StepOffsetQuantizer {initializer: !MeanStdInitializer {}}",
     "rupq": "!StepOffsetQuantizer {initializer: !MinErrorInitializer {n_iters: 20}, "
             "transformation: !Standardization {momentum: 0.9999, std_init: 1.0}}",
+    # σ of each batch, also in eval mode: no constant scale can express it
+    "batch_sigma": "!StepQuantizer {initializer: !MeanStdInitializer {}, transformation: !Standardization {momentum: 0.0}}",
 }
 WEIGHT_QUANTIZERS = {
     "lsq": "!StepQuantizer {initializer: !MeanStdInitializer {}, per_channel: true}",
     "lsqplus": "!StepQuantizer {initializer: !MeanStdInitializer {}, per_channel: true}",
+    "batch_sigma": "!StepQuantizer {initializer: !MeanStdInitializer {}, per_channel: true}",
     "rupq": "!StepQuantizer {initializer: !MinErrorInitializer {n_iters: 20}, per_channel: true, "
             "transformation: !Standardization {dim: DIMS}}",
 }
@@ -304,6 +307,7 @@ def test_bad_inputs_are_one_line_errors_with_status_2(tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     _, wide = make_run(tmp_path / "wide", "small_resnet", kwargs, input_size, "lsq", exceptions={"weight": {"fc": 12}})
+    _, batch_sigma = make_run(tmp_path / "batch_sigma", "small_resnet", kwargs, input_size, "batch_sigma")
     out = tmp_path / "out" / "model.onnx"
     out.parent.mkdir()
     cases = [
@@ -312,7 +316,8 @@ def test_bad_inputs_are_one_line_errors_with_status_2(tmp_path):
         (["--checkpoint", quantized, "--config", tmp_path / "fp" / "config.yaml"], "holds a quantized model"),
         (["--checkpoint", full_precision, "--config", tmp_path / "q" / "config.yaml"], "holds a full-precision model"),
         (["--checkpoint", quantized, "--input-size", "1,28"], "expected three positive integers C,H,W"),
-        (["--checkpoint", wide], "12-bit weight"),
+        (["--checkpoint", wide], "layer 'fc': a 12-bit weight"),
+        (["--checkpoint", batch_sigma], "layer 'conv1': its input σ is the std of each batch"),
         (["--checkpoint", quantized, "--out", tmp_path / "nowhere" / "model.onnx"], "folder"),
     ]
     for arguments, message in cases:
