@@ -196,18 +196,18 @@ def round_offsets_to_zero_points(model) -> None:
 
 # ---- the ONNX graph -------------------------------------------------------------------------
 
-# (ONNX type, numpy dtype name, lowest, highest) of the integer carriers, smallest first.
-def _carriers():
+def _integer_types() -> list:
+    """``(numpy dtype, lowest, highest)`` of the ONNX integer types the graph uses, smallest first
+    (``ml_dtypes`` gives numpy the 4-bit ones; onnx packs them two per byte)."""
     import ml_dtypes
     import numpy as np
-    from onnx import TensorProto
 
-    return [
-        (TensorProto.UINT4, ml_dtypes.uint4, 0, 15),
-        (TensorProto.INT4, ml_dtypes.int4, -8, 7),
-        (TensorProto.UINT8, np.uint8, 0, 255),
-        (TensorProto.INT8, np.int8, -128, 127),
-    ]
+    return [(ml_dtypes.uint4, 0, 15), (ml_dtypes.int4, -8, 7), (np.uint8, 0, 255), (np.int8, -128, 127)]
+
+
+def weight_dtype(bit_width: int):
+    """int4 for 2-4-bit codes (2- and 3-bit codes are clamped already: int4 holds them exactly), int8 for 5-8."""
+    return _integer_types()[1 if bit_width <= 4 else 3][0]
 
 
 def activation_carrier(low: int, high: int, zero_point: int = 0):
@@ -216,7 +216,7 @@ def activation_carrier(low: int, high: int, zero_point: int = 0):
     A 4-bit type only when the range fills it exactly: onnxruntime has no Clip for 4-bit tensors,
     so a 2- or 3-bit activation rides in 8 bits and a Clip enforces its range.
     """
-    for _, dtype, lowest, highest in _carriers():
+    for dtype, lowest, highest in _integer_types():
         holds = lowest <= min(low, zero_point) and max(high, zero_point) <= highest
         if holds and ((lowest, highest) == (low, high) or highest > 15):
             return dtype, lowest, highest
@@ -253,8 +253,7 @@ class GraphRewriter:
         tensor = f"{layer_name}.weight"
         if tensor not in self.initializers:
             raise ExportError(f"layer '{layer_name}': the exported graph has no initializer '{tensor}' to quantize")
-        # 2- and 3-bit codes ride in int4, which holds them exactly (they are clamped already).
-        dtype = _carriers()[1 if weight.bit_width <= 4 else 3][1]
+        dtype = weight_dtype(weight.bit_width)
         self.graph.initializer.remove(self.initializers.pop(tensor))
         channels = weight.scale.numel()
         codes = self._constant(f"{tensor}_codes", weight.codes.numpy().astype(np.int64).astype(dtype))
