@@ -468,6 +468,74 @@ def output_step(model, inputs, reference: list) -> float:
     return max(float(np.abs(a - b).max()) for a, b in zip(moved, reference))
 
 
+def activation_codes_torch(model, inputs) -> dict:
+    """``{layer: integer codes of its input}`` in PyTorch: ``(x̂ - o) / a`` of each input quantizer's
+    output ``x̂ = q·a + o``, rounded (exact: the float error is far below ½)."""
+    import torch
+
+    codes = {}
+
+    def keep_codes(name, quantizer):
+        scale = activation_grid(quantized_layers(model)[name], name, False).scale
+        offset = getattr(quantizer, "offset", None)
+
+        def hook(module, args, out):
+            shifted = out.float() if offset is None else out.float() - offset.detach()
+            codes[name] = (shifted / scale).round().numpy()
+        return hook
+
+    hooks = [layer.quantizer.input_quantizer.register_forward_hook(keep_codes(name, layer.quantizer.input_quantizer))
+             for name, layer in quantized_layers(model).items()]
+    try:
+        torch_outputs(model, inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return codes
+
+
+def activation_codes_onnxruntime(proto, inputs, grids: dict) -> dict:
+    """``{layer: integer codes of its input}`` in onnxruntime: each layer's DequantizeLinear output
+    ``(y - z)·a`` made a graph output (of a copy of the model), then ``y = dq / a + z``."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    probe = copy.deepcopy(proto)
+    names = [f"{name}.input_dequantized" for name in grids]
+    for tensor in names:
+        probe.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    session = onnxruntime_session(probe.SerializeToString())
+    dequantized = session.run(names, {session.get_inputs()[0].name: inputs.numpy()})
+    return {name: np.rint(values / grid.scale) + grid.zero_point
+            for (name, grid), values in zip(grids.items(), dequantized)}
+
+
+@dataclass
+class CodeAgreement:
+    compared: int
+    differing: int
+    max_difference: float
+
+    @property
+    def ok(self) -> bool:
+        # A code one off is an activation on a rounding midpoint that the two runtimes' float
+        # sums put on different sides; a systematic error (scale, offset, range) changes many.
+        return self.max_difference <= 1 and self.differing <= 1e-3 * self.compared
+
+
+def compare_codes(reference: dict, candidate: dict) -> CodeAgreement:
+    import numpy as np
+
+    compared = differing = 0
+    largest = 0.0
+    for name, codes in reference.items():
+        difference = np.abs(codes - candidate[name].reshape(codes.shape))
+        compared += difference.size
+        differing += int((difference > 0).sum())
+        largest = max(largest, float(difference.max(initial=0)))
+    return CodeAgreement(compared, differing, largest)
+
+
 def onnxruntime_session(model_bytes: bytes):
     import onnxruntime
 
@@ -692,6 +760,18 @@ def run(args: argparse.Namespace) -> dict:
             f"onnxruntime and PyTorch disagree: max |difference| {agreement.max_difference:.3g} > one output "
             f"step {tolerance:.3g}{top1}; nothing written to {out}"
         )
+    if layers:
+        grids = {name: activation_grid(layer, name, args.integer_zero_points) for name, layer in layers.items()}
+        codes = compare_codes(activation_codes_torch(reference_model, inputs), activation_codes_onnxruntime(proto, inputs, grids))
+        summary.update(codes_compared=codes.compared, codes_differing=codes.differing)
+        if not codes.ok:
+            raise ExportError(
+                f"onnxruntime and PyTorch disagree: {codes.differing} of {codes.compared} activation codes differ "
+                f"(by up to {codes.max_difference:.0f}); nothing written to {out}"
+            )
+        progress(f"      activation codes of the {len(layers)} quantized inputs: {codes.compared - codes.differing} of "
+                 f"{codes.compared} equal to PyTorch's (the others one step off)" if codes.differing else
+                 f"      activation codes of the {len(layers)} quantized inputs: all {codes.compared} equal to PyTorch's")
     progress(f"      max |onnxruntime - PyTorch| = {agreement.max_difference:.3g} "
              f"(one output quantization step: {tolerance:.3g}){top1}")
     if args.integer_zero_points and layers:
