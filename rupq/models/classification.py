@@ -12,9 +12,37 @@ def resnet18(num_classes: int = 1000) -> nn.Module:
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
 
 
+# torchvision's MobileNet-v2 stages: expansion t, channels c, blocks n, stride of the first block s.
+MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1))
+
+
 @register_model
-def mobilenet_v2(num_classes: int = 1000) -> nn.Module:
-    return torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
+def mobilenet_v2(
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    in_channels: int = 3,
+    stem_stride: int = 2,
+    stage_strides: tuple | None = None,
+) -> nn.Module:
+    """torchvision's MobileNet-v2; the defaults are the ImageNet model.
+
+    For small images (Fashion-MNIST's 28×28) ``stem_stride`` and ``stage_strides`` (one per stage of
+    ``MOBILENET_V2_STAGES``) downsample less, so that the last stages do not run on 1×1 maps, and
+    ``in_channels`` sets the stem's input. The blocks and their names (``features.N…``) stay those of
+    the ImageNet model, so the paper's per-layer bit-width and half-wave exceptions still apply.
+    """
+    strides = tuple(stage_strides) if stage_strides is not None else tuple(s for *_, s in MOBILENET_V2_STAGES)
+    if len(strides) != len(MOBILENET_V2_STAGES):
+        raise ValueError(f"stage_strides needs {len(MOBILENET_V2_STAGES)} strides, one per stage, got {list(strides)}")
+    stages = [[t, c, n, s] for (t, c, n, _), s in zip(MOBILENET_V2_STAGES, strides)]
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult,
+                                            inverted_residual_setting=stages)
+    stem = model.features[0][0]
+    if in_channels != stem.in_channels or stem_stride != stem.stride[0]:
+        model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stem_stride, 1, bias=False)
+        nn.init.kaiming_normal_(model.features[0][0].weight, mode="fan_out")  # torchvision's init of its convs
+    return model
 
 
 class SmallResNet(nn.Module):

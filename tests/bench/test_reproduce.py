@@ -1,10 +1,15 @@
-"""bench/reproduce.py: the derived configs keep the paper's recipes, and a tiny report runs end to end."""
+"""bench/reproduce.py: the derived configs keep the paper's recipes, the ablations change one ingredient,
+the scheduler respects the FP dependency, and a tiny report runs end to end through the real CLI."""
 
-import importlib.util
+import argparse
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,38 +17,33 @@ import pytest
 from conftest import REPO
 from rupq.config import config_tree, load_config
 
+sys.path.insert(0, str(REPO))
+from bench.reproduction import derive, report, runs  # noqa: E402
+from bench.reproduction.budgets import BUDGETS, MODELS  # noqa: E402
+
 SCRIPT = REPO / "bench" / "reproduce.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = load_script()
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def load(derived):
     return load_config(derived.source, derived.overrides)
 
 
+def tree_of(derived) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_text(derived.effective_text())
+        return config_tree(path)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_classification_configs_keep_the_recipe_and_replace_data_schedule_and_seed(tiny_fashion_mnist, bits):
-    budget = reproduce.BUDGETS["tiny"]
+def test_small_resnet_configs_keep_the_resnet18_recipe_and_replace_data_schedule_and_seed(tiny_fashion_mnist, bits):
+    size = BUDGETS["tiny"].models["small_resnet"]
     iterations = 1  # the fixture's 64 training images fit one batch of 64
-    derived = reproduce.classification_config("rupq", bits, budget, 7, str(tiny_fashion_mnist))
-    assert derived.source.name == f"w{bits}a{bits}_rupq.yaml"
+    derived = derive.classification_config("small_resnet", "rupq", bits, size, 7, str(tiny_fashion_mnist))
+    assert derived.source.name == f"w{bits}a{bits}_rupq.yaml" and derived.source.parent.name == "resnet18"
     task = load(derived)["task"]
-    assert task.seed == 7 and task.epochs == budget.qat_epochs
-    assert type(task.training_loop.dataset).__name__ == "FashionMNISTDataloader"
+    assert task.seed == 7 and task.epochs == size.qat_epochs
+    assert task.training_loop.dataset.train_subset == size.qat_train_subset
     assert task.callbacks == []  # !QuantImagesCallback dropped
     optimizers = task.optimizers
     assert optimizers["quant_weight_optimizer"]["name"] == "Adam"
@@ -51,139 +51,239 @@ def test_classification_configs_keep_the_recipe_and_replace_data_schedule_and_se
     assert optimizers["quant_input_optimizer"]["params"]["lr"] == pytest.approx(1e-3)
     assert optimizers["weight_optimizer"]["params"]["lr"] == pytest.approx(0.01)
     for optimizer in optimizers.values():
-        assert optimizer["scheduler"]["params"]["T_max"] == budget.qat_epochs * iterations
+        assert optimizer["scheduler"]["params"]["T_max"] == size.qat_epochs * iterations
     text = derived.effective_text()
     assert "!Standardization" in text and f"default: {bits}" in text and "conv1: 8" in text
-    assert load_config_text(text)["task"].seed == 7  # the config.yaml a run writes reads back the same
 
-    lsq = reproduce.classification_config("lsqplus", bits, budget, 7, str(tiny_fashion_mnist))
-    lsq_text = lsq.effective_text()
-    assert "!Standardization" not in lsq_text and "!MeanStdInitializer" in lsq_text
+    lsq = derive.classification_config("small_resnet", "lsqplus", bits, size, 7, str(tiny_fashion_mnist))
+    assert "!Standardization" not in lsq.effective_text() and "!MeanStdInitializer" in lsq.effective_text()
     assert set(load(lsq)["task"].optimizers) == {"weight_optimizer", "quant_optimizer"}
     assert load(lsq)["task"].optimizers["quant_optimizer"]["params"] == {"lr": 0.01, "momentum": 0.9}
 
 
-def load_config_text(text):
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "config.yaml"
-        path.write_text(text)
-        return load_config(path)
-
-
-def test_fp_config_trains_small_resnet_with_the_imagenet_fp_recipe():
-    budget = reproduce.BUDGETS["cpu"]
-    task = load(reproduce.classification_config("fp", None, budget, 3, None))["task"]
-    assert task.model_arch == "small_resnet" and task.seed == 3 and task.epochs == budget.fp_epochs
+def test_fp_configs_train_the_small_models_on_all_images_with_the_imagenet_fp_recipes():
+    budget = BUDGETS["cpu"].models
+    task = load(derive.classification_config("small_resnet", "fp", None, budget["small_resnet"], 3, None))["task"]
+    assert task.model_arch == "small_resnet" and task.seed == 3 and task.epochs == budget["small_resnet"].fp_epochs
     assert task.optimizers["weight_optimizer"]["params"]["lr"] == pytest.approx(0.1)
-    steps = budget.fp_epochs * -(-budget.train_subset // budget.batch_size)
+    steps = budget["small_resnet"].fp_epochs * -(-60000 // 128)
     assert task.optimizers["weight_optimizer"]["scheduler"]["params"]["T_max"] == steps
-    assert task.training_loop.dataset.train_subset == budget.train_subset
+    assert task.training_loop.dataset.train_subset is None  # all 60 000 training images
+
+    mobilenet = load(derive.classification_config("mobilenet_v2", "fp", None, budget["mobilenet_v2"], 0, None))["task"]
+    assert mobilenet.model_arch == "mobilenet_v2" and mobilenet.model_kwargs["in_channels"] == 1
+    assert mobilenet.optimizers["weight_optimizer"]["params"]["lr"] == pytest.approx(0.05)  # its own FP recipe
+
+
+def test_mobilenet_v2_quantized_configs_keep_batchnorm_reestimation_and_the_layer_exceptions():
+    size = BUDGETS["cpu"].models["mobilenet_v2"]
+    derived = derive.classification_config("mobilenet_v2", "rupq", 2, size, 1, None)
+    task = load(derived)["task"]
+    assert [type(c).__name__ for c in task.callbacks] == ["BatchNormReestimationCallback"]
+    parser = tree_of(derived)["model_parser"]
+    assert parser["input_bit_width"]["exceptions"] == {"features.0.0": 8}
+    assert parser["half_wave"]["exceptions"]["features.18.0"] is False
+    assert task.training_loop.dataset.train_subset == size.qat_train_subset
+
+
+def test_the_small_mobilenet_keeps_the_imagenet_layer_names():
+    from rupq.models import create_model
+
+    model = create_model("mobilenet_v2", **BUDGETS["cpu"].models["mobilenet_v2"].model_kwargs)
+    imagenet_names = {name for name, _ in create_model("mobilenet_v2").named_modules()}
+    assert {name for name, _ in model.named_modules()} == imagenet_names
+    import torch
+
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_sr_configs_renumber_the_per_block_exceptions_for_a_smaller_edsr(tmp_path):
-    budget = reproduce.BUDGETS["cpu"]
-    blocks = budget.sr_model_kwargs["num_blocks"]
-    derived = reproduce.sr_config("rupq", 2, budget, 0, tmp_path / "sr_demo")
-    text = derived.effective_text()
-    written = tmp_path / "config.yaml"
-    written.write_text(text)
-    parser = config_tree(written)["model_parser"]
+    size = BUDGETS["cpu"].models["edsr"]
+    blocks = size.model_kwargs["num_blocks"]
+    derived = derive.sr_config("edsr", "rupq", 2, size, 0, tmp_path / "sr_demo")
+    parser = tree_of(derived)["model_parser"]
     half_wave = parser["half_wave"]["exceptions"]
     kept = sorted(int(n) for layer in half_wave for n in re.findall(r"body\.(\d+)\.conv_block", layer))
     assert kept == list(range(blocks))
     assert half_wave[f"body.{blocks}"] is False and "body.16" not in half_wave
     assert parser["input_bit_width"] == {"default": 2, "exceptions": {"head.0": 8, "tail.1": 8}}
     task = load(derived)["task"]
-    assert task.epochs == budget.sr_qat_epochs
+    assert task.epochs == size.qat_epochs
     (benchmark,) = task.callbacks  # !QuantImagesCallback dropped, the Set14 benchmark kept and pointed at the demo
     assert type(benchmark).__name__ == "BenchmarkSuperresolutionCallback"
-    assert str(tmp_path / "sr_demo" / "Set14") in text
-    fp = load(reproduce.sr_config("fp", None, budget, 0, tmp_path / "sr_demo"))
-    assert fp["task"].model_kwargs == budget.sr_model_kwargs
-    assert fp["task"].optimizers["weight_optimizer"]["params"]["lr"] == budget.sr_fp_lr
+    assert str(tmp_path / "sr_demo" / "Set14") in derived.effective_text()
+    fp = load(derive.sr_config("edsr", "fp", None, size, 0, tmp_path / "sr_demo"))
+    assert fp["task"].model_kwargs == size.model_kwargs
+    assert fp["task"].optimizers["weight_optimizer"]["params"]["lr"] == size.fp_lr
 
 
-def test_seed_commands_cover_every_example_config():
-    commands = "\n".join(reproduce.seed_commands())
-    for config in sorted((REPO / "rupq" / "examples" / "quantized").rglob("*.yaml")):
-        line = next(line for line in commands.splitlines() if str(config.relative_to(REPO)) in line)
-        assert "--load " in line and "--gpu=0,1" in line
-    for config in sorted((REPO / "rupq" / "examples" / "float").rglob("*.yaml")):
-        assert f"--config {config.relative_to(REPO)} " in commands
+def test_srresnet_configs_are_x4_with_the_paper_exceptions(tmp_path):
+    size = BUDGETS["cpu"].models["srresnet"]
+    derived = derive.sr_config("srresnet", "lsqplus", 4, size, 0, tmp_path / "sr_demo")
+    tree = tree_of(derived)
+    assert tree["task"]["training_loop"]["dataset"]["scale"] == 4
+    assert tree["model_parser"]["input_bit_width"]["exceptions"] == {"conv1.0": 8, "conv3.0": 8}
+    fp = load(derive.sr_config("srresnet", "fp", None, size, 0, tmp_path / "sr_demo"))["task"]
+    assert fp.model_arch == "srresnet" and fp.model_kwargs == size.model_kwargs
+
+
+def test_ablations_change_one_ingredient_of_the_rupq_recipe():
+    size = BUDGETS["cpu"].models["small_resnet"]
+    rupq = derive.classification_config("small_resnet", "rupq", 3, size, 2, None)
+    plain = derive.ablation_config("no_input_std", "small_resnet", 3, rupq)
+    wrappers = load(plain)["task"].model_parser.wrappers
+    for wrapper in wrappers.values():
+        assert wrapper.quantizer.input_quantizer.transformation is None
+        assert type(wrapper.quantizer.weight_quantizer.transformation).__name__ == "Standardization"
+
+    sgd = derive.ablation_config("lsqplus_optimizers", "small_resnet", 3, rupq)
+    optimizers = load(sgd)["task"].optimizers
+    lsq = load(derive.classification_config("small_resnet", "lsqplus", 3, size, 2, None))["task"].optimizers
+    assert optimizers == lsq  # LSQ+'s optimizers with the same schedule length
+    assert optimizers["quant_optimizer"]["name"] == "SGD" and optimizers["quant_optimizer"]["params"]["momentum"] == 0.9
+    assert "!Standardization" in sgd.effective_text()
+
+
+def test_the_optimizer_ablation_of_edsr_scales_the_lsqplus_schedule(tmp_path):
+    size = BUDGETS["cpu"].models["edsr"]
+    rupq = derive.sr_config("edsr", "rupq", 2, size, 0, tmp_path / "sr_demo")
+    ablated = load(derive.ablation_config("lsqplus_optimizers", "edsr", 2, rupq))["task"].optimizers
+    lsq = load(derive.sr_config("edsr", "lsqplus", 2, size, 0, tmp_path / "sr_demo"))["task"].optimizers
+    assert ablated == lsq
+
+
+class FakeRunner:
+    """Stands in for rupq/main.py: records the order runs start in and checks the FP dependency."""
+
+    def __init__(self, values):
+        self.values, self.started, self.lock = values, [], threading.Lock()
+
+    def run(self, job):
+        assert job.needs is None or job.needs.result is not None
+        with self.lock:
+            self.started.append(job.key)
+        time.sleep(0.01)
+        return {"best_val_accuracy": self.values(job.key), "version_dir": "x", "time_s": 1.0, "wall_s": 1.0,
+                "cpu_s": 1.0}
+
+
+def test_scheduler_runs_quantized_jobs_after_their_fp_and_ablates_the_cells_rupq_does_not_win(tmp_path):
+    import reproduce_script
+
+    args = reproduce_script.argparse.Namespace(seeds=[0, 1], sr_seeds=[0], models=["small_resnet"], logdir=tmp_path,
+                                               fashion_root=None, no_ablations=False)
+    plan = reproduce_script.Plan(args, BUDGETS["cpu"], tmp_path / "sr")
+    # RUPQ loses at 3 bits only.
+    values = lambda key: {"fp": 90.0, "lsqplus": 85.0, "rupq": 84.0 if key[2] == 3 else 86.0}.get(key[1], 85.5)  # noqa: E731
+    fake = FakeRunner(values)
+    jobs = runs.run_jobs(plan.build(), fake, workers=2, on_finish=plan.ablations_after)
+    assert fake.started[0][1] == "fp"
+    ablated = {(key[1], key[2], key[3]) for key in fake.started if ":" in key[1]}
+    assert ablated == {(f"rupq:{name}", 3, seed) for name in derive.ABLATIONS for seed in (0, 1)}
+    assert len(jobs) == 1 + 2 * 3 * 2 + len(derive.ABLATIONS) * 2
+    assert plan.expected_runs() == 1 + 2 * 3 * 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reproduce_script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_script"] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["reproduce_script"]
+
+
+def fake_rows(seeds, fp=90.0, rupq_loses_at=None):
+    """Rows as the runs produce them, with made-up values: only the report's layout is under test."""
+    rows = [dict(model="small_resnet", method="fp", bits=32, seed=seeds[0], value=fp, time_s=60.0, wall_s=70.0,
+                 cpu_s=120.0, run="x")]
+    for seed in seeds:
+        for bits in (2, 3, 4):
+            for offset, method in ((-3.0, "lsqplus"), (-2.0, "rupq")):
+                if method == "rupq" and bits == rupq_loses_at:
+                    offset = -3.5
+                rows.append(dict(model="small_resnet", method=method, bits=bits, seed=seed,
+                                 value=fp + seed + offset - (4 - bits), time_s=90.0, wall_s=95.0, cpu_s=180.0, run="x"))
+    return rows
+
+
+def report_args(**changes):
+    args = dict(command_line="python bench/reproduce.py --seeds 0 2", budget="cpu", seeds=[0, 2], sr_seeds=[0],
+                models=["small_resnet"], logdir=Path("runs/reproduce/cpu"), jobs=2, threads=1)
+    args.update(changes)
+    return argparse.Namespace(**args)
+
+
+def test_report_gives_mean_spread_differences_and_verdicts(tmp_path):
+    path = report.write_report(fake_rows([0, 2]), report_args(), BUDGETS["cpu"], 0.0, [1.0, 2.0], tmp_path, 13)
+    text = path.read_text()
+    assert "## small_resnet: Fashion-MNIST classification" in text
+    assert "| FP | 32/32 | 90.00 | – | 90.00 |" in text
+    # seeds 0 and 2: RUPQ 2/2 = 86, 88 → mean 87 ± 1.41
+    assert "| RUPQ | 2/2 | 87.00 ± 1.41 | -3.00 | 86.00, 88.00 |" in text
+    assert "| LSQ+ | 4/4 | 88.00 ± 1.41 | -2.00 | 87.00, 89.00 |" in text
+    # RUPQ − LSQ+ = +1 for both seeds; spread 1.41 → within the spread
+    assert "| RUPQ − LSQ+ | 2/2 | 1.00 ± 0.00 | +1.00, +1.00 | 1.41 | within the spread |" in text
+    assert "## Ablations" in text and "No cell needed one" in text
+    for value in ("69.76", "71.88", "67.6", "70.2", "71.1"):
+        assert f"| {value} |" in text
+    assert (tmp_path / "reproduction.png").read_bytes()[:4] == b"\x89PNG"
+    raw = json.loads((tmp_path / "reproduction_results.json").read_text())
+    assert len(raw["rows"]) == 13
+
+
+def test_report_explains_a_lost_cell_with_its_ablations(tmp_path):
+    rows = fake_rows([0, 2], rupq_loses_at=3)
+    for seed in (0, 2):
+        lsq = next(r["value"] for r in rows if r["method"] == "lsqplus" and r["bits"] == 3 and r["seed"] == seed)
+        rows.append(dict(model="small_resnet", method="rupq:no_input_std", bits=3, seed=seed, value=lsq + 2.0,
+                         time_s=1.0, wall_s=1.0, cpu_s=1.0, run="x"))
+        rows.append(dict(model="small_resnet", method="rupq:lsqplus_optimizers", bits=3, seed=seed, value=lsq - 0.5,
+                         time_s=1.0, wall_s=1.0, cpu_s=1.0, run="x"))
+    text = report.write_report(rows, report_args(), BUDGETS["cpu"], 0.0, [1.0, 1.0], tmp_path, 13).read_text()
+    ablations = text[text.index("## Ablations"):]
+    assert "### small_resnet 3/3" in ablations
+    assert "| RUPQ without input standardization | 3/3 |" in ablations
+    # without input standardization: +2.50 over RUPQ (spread 1.41), +2.00 over LSQ+ → that ingredient costs the cell
+    assert "without input standardization: RUPQ gains +2.50" in ablations and "is what costs it this cell" in ablations
+    assert "with LSQ+'s optimizers: no change beyond the spread" in ablations
+
+
+def test_report_of_unfinished_runs_says_so(tmp_path):
+    rows = [row for row in fake_rows([0, 2]) if not (row["seed"] == 2 and row["method"] != "fp")]
+    rows = [row for row in rows if not (row["method"] == "rupq" and row["bits"] == 2)]
+    text = report.write_report(rows, report_args(), BUDGETS["cpu"], 0.0, [1.0, 1.0], tmp_path, 13).read_text()
+    assert "Incomplete: 6 of the 13 training runs" in text
+    assert "| RUPQ | 2/2 | not finished | – |" in text
+    assert "| RUPQ − LSQ+ | 2/2 | not finished |" in text
 
 
 def test_tiny_report_end_to_end(tmp_path, tiny_fashion_mnist):
-    """FP, then LSQ+ and RUPQ at three bit widths from its model.ckpt, through the real CLI."""
+    """FP, then LSQ+ and RUPQ at three bit widths from its model.ckpt, two at a time, through the real CLI."""
     out, logdir = tmp_path / "docs", tmp_path / "runs"
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    command = [sys.executable, str(SCRIPT), "--budget", "tiny", "--seeds", "5", "--tasks", "classification",
-               "--fashion-root", str(tiny_fashion_mnist), "--out", str(out), "--logdir", str(logdir), "--quiet"]
+    command = [sys.executable, str(SCRIPT), "--budget", "tiny", "--seeds", "5", "--models", "small_resnet",
+               "--no-ablations", "--fashion-root", str(tiny_fashion_mnist), "--out", str(out),
+               "--logdir", str(logdir), "--quiet"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
 
-    report = (out / "RESULTS.md").read_text()
-    rows = re.findall(r"^\| (FP|LSQ\+|RUPQ) \| (\d+)/\d+ \| ([\d.]+) \|", report, flags=re.M)
+    text = (out / "RESULTS.md").read_text()
+    rows = re.findall(r"^\| (FP|LSQ\+|RUPQ) \| (\d+)/\d+ \| ([\d.]+) \|", text, flags=re.M)
     assert sorted((method, bits) for method, bits, _ in rows) == sorted(
-        [("FP", "32")] + [(m, str(b)) for m in ("LSQ+", "RUPQ") for b in (2, 3, 4)]
-    )
+        [("FP", "32")] + [(m, str(b)) for m in ("LSQ+", "RUPQ") for b in (2, 3, 4)])
     for _, _, accuracy in rows:
         assert 0.0 <= float(accuracy) <= 100.0
-    assert "CPU:" in report and "torch " in report and "seeds: 5 " in report
-    plot = out / "reproduction_accuracy.png"
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"]({plot.name})" in report
-    # Every quantized run started from the seed's FP model.
-    fp_checkpoint = next((logdir / "fashion_mnist" / "seed_5" / "fp").glob("version_*/model.ckpt"))
+    assert "CPU:" in text and "torch " in text and "2 runs at a time" in text
+    # Every quantized run started from the FP model.
+    fp_checkpoint = next((logdir / "small_resnet" / "fp").glob("version_*/model.ckpt"))
     assert result.stdout.count(f"--load {fp_checkpoint}") == 6
 
     # Rerunning reuses the finished runs instead of training again.
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("reusing") == 7
-
-
-def fake_rows(seeds, fp=90.0):
-    """Rows as the runs produce them, with made-up values: only the report's layout is under test."""
-    rows = []
-    for seed in seeds:
-        rows.append(dict(task="classification", method="fp", bits=32, seed=seed, value=fp + seed,
-                         time_s=60.0, wall_s=70.0, cpu_s=120.0, run="x"))
-        for bits in (2, 3, 4):
-            for offset, method in ((-3.0, "lsqplus"), (-2.0, "rupq")):
-                rows.append(dict(task="classification", method=method, bits=bits, seed=seed,
-                                 value=fp + seed + offset - (4 - bits), time_s=90.0, wall_s=95.0, cpu_s=180.0, run="x"))
-    return rows
-
-
-def test_report_gives_mean_and_spread_over_seeds_and_the_published_numbers(tmp_path):
-    args = reproduce.argparse.Namespace(command_line="python bench/reproduce.py --seeds 0 2", budget="cpu",
-                                        seeds=[0, 2], sr_seeds=[0], tasks=["classification"],
-                                        logdir=Path("runs/reproduce/cpu"))
-    report_path = reproduce.write_report(fake_rows([0, 2]), args, reproduce.BUDGETS["cpu"], 0.0, [1.0, 2.0], tmp_path)
-    report = report_path.read_text()
-    # FP values 90 and 92: mean 91, sample standard deviation sqrt(2)
-    assert "| FP | 32/32 | 91.00 ± 1.41 |" in report
-    assert "| RUPQ | 2/2 | 87.00 ± 1.41 | -4.00 |" in report
-    assert "| LSQ+ | 4/4 | 88.00 ± 1.41 | -3.00 |" in report
-    assert "- w2a2: +1.00, +1.00 → mean +1.00" in report
-    for value in ("69.76", "71.88", "67.6", "70.2", "71.1"):
-        assert f"| {value} |" in report
-    assert "published, not measured here" in report
-    assert (tmp_path / "reproduction_accuracy.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_report_of_unfinished_runs_says_so(tmp_path):
-    rows = [row for row in fake_rows([0, 2]) if not (row["seed"] == 2 and row["method"] != "fp")]
-    rows = [row for row in rows if not (row["method"] == "rupq" and row["bits"] == 2)]
-    args = reproduce.argparse.Namespace(command_line="python bench/reproduce.py --seeds 0 2 --report-only",
-                                        budget="cpu", seeds=[0, 2], sr_seeds=[0], tasks=["classification"],
-                                        logdir=Path("runs/reproduce/cpu"))
-    report = reproduce.write_report(rows, args, reproduce.BUDGETS["cpu"], 0.0, [1.0, 1.0], tmp_path).read_text()
-    assert "Incomplete: 7 of the 14 training runs" in report
-    assert "| RUPQ | 2/2 | not finished | – |" in report
-    assert "| LSQ+ | 2/2 | 85.00 | -5.00 |" in report  # seed 0 only, against seed 0's FP
-    assert "- w2a2: not finished → mean –" in report
-    assert (tmp_path / "reproduction_accuracy.png").is_file()

@@ -1,0 +1,382 @@
+"""The report: ``RESULTS.md`` (tables, the RUPQ − LSQ+ differences against the seed spread, the
+ablations), a plot, and the raw numbers as JSON.
+
+A row is one finished run: ``dict(model, method, bits, seed, value, time_s, wall_s, cpu_s, run)``,
+``method`` one of ``fp``, ``bicubic``, ``lsqplus``, ``rupq`` or ``rupq:<ablation>``.
+"""
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.reproduction.budgets import EXAMPLES, METHOD_NAMES, METHODS, MODELS, PUBLISHED, REPO
+from bench.reproduction.derive import ABLATIONS
+
+METRICS = {"classification": ("top-1 (%)", "Fashion-MNIST test top-1 (%)"),
+           "superresolution": ("PSNR (dB)", "PSNR (dB, Y channel)")}
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or "unknown"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    gpu = "none"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            gpu = ", ".join(out.stdout.strip().splitlines())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"cpu": model, "cores": usable, "logical_cpus": os.cpu_count(), "gpu": gpu,
+            "torch": importlib.metadata.version("torch"), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def mean(values) -> float:
+    values = list(values)
+    return statistics.fmean(values) if values else math.nan
+
+
+def summary(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value, NaN for none)."""
+    return mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan)
+
+
+def signed(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:+.2f}"
+
+
+def minutes(values) -> str:
+    value = mean(values)
+    return "–" if math.isnan(value) else f"{value / 60:.1f}"
+
+
+def cell(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "not finished"
+    mean_value, deviation = summary(values)
+    if len(values) == 1:
+        return f"{mean_value:.{digits}f}"
+    return f"{mean_value:.{digits}f} ± {deviation:.{digits}f}"
+
+
+def seed_values(rows, model, method, bits=None) -> dict:
+    """seed -> value of the finished runs of one cell."""
+    return {r["seed"]: r["value"] for r in rows
+            if r["model"] == model and r["method"] == method and (bits is None or r["bits"] == bits)}
+
+
+def paired(first: dict, second: dict) -> list[float]:
+    """Per-seed differences first − second over the seeds both have."""
+    return [first[seed] - second[seed] for seed in sorted(first) if seed in second]
+
+
+def spread(*cells: dict) -> float:
+    """The seed-to-seed spread of a comparison: the larger sample standard deviation of its cells."""
+    deviations = [statistics.stdev(cell.values()) for cell in cells if len(cell) > 1]
+    return max(deviations) if deviations else math.nan
+
+
+def verdict(difference: list[float], noise: float, better: str = "RUPQ better", worse: str = "LSQ+ better") -> str:
+    """Whether a mean difference is larger than the seed-to-seed spread (and which way)."""
+    if not difference:
+        return "not finished"
+    if math.isnan(noise):
+        return "one seed: no spread"
+    value = mean(difference)
+    if value > noise:
+        return better
+    if value < -noise:
+        return worse
+    return "within the spread"
+
+
+def rupq_not_better(rows, model, bits, seeds) -> bool:
+    """A cell whose ablations run: every seed of both methods finished and RUPQ's mean is not above LSQ+'s."""
+    rupq, lsq = seed_values(rows, model, "rupq", bits), seed_values(rows, model, "lsqplus", bits)
+    if set(rupq) != set(seeds) or set(lsq) != set(seeds):
+        return False
+    return mean(paired(rupq, lsq)) <= 0
+
+
+def listing(numbers, digits: int = 2, sign: bool = False) -> str:
+    form = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    return ", ".join(form.format(n) for n in numbers)
+
+
+def model_section(rows, model: str, size, seeds, digits: int = 2) -> list[str]:
+    info = MODELS[model]
+    metric = METRICS[info.task][0]
+    fp = seed_values(rows, model, "fp")
+    fp_mean = mean(fp.values())
+    if info.task == "classification":
+        lines = [f"## {info.heading}: Fashion-MNIST classification", ""]
+        lines += [f"`{model}` {size.model_kwargs or '(default size)'}. FP: trained once ({size.fp_epochs} epochs on "
+                  f"{size.fp_train_subset or 60000} training images, seed {next(iter(fp), '–')}); every quantized run "
+                  f"starts from it and trains {size.qat_epochs} epochs on a fixed subset of "
+                  f"{size.qat_train_subset or 60000} training images. Best test top-1 over the epochs, on "
+                  f"{size.val_subset or 10000} test images; mean ± sample standard deviation over seeds "
+                  f"{', '.join(map(str, seeds))}.", ""]
+    else:
+        lines = [f"## {info.heading}: super-resolution ×{info.scale}", ""]
+        lines += [f"`{model}` {size.model_kwargs} on the training photos of `scripts/make_sr_demo_data.py` "
+                  f"({size.repeat} random {size.patch_size}-pixel patches per photo and epoch); FP {size.fp_epochs} "
+                  f"epochs, each quantized run {size.qat_epochs} epochs from it. PSNR (Y channel, {info.scale}-pixel "
+                  f"border cropped) on the validation photos, best epoch; seeds {', '.join(map(str, seeds))}.", ""]
+    lines += [f"| method | bits (w/a) | {metric} | Δ vs FP | per seed | train time per run (min) |",
+              "|---|---|---:|---:|---|---:|"]
+    times = lambda method, bits=None: minutes(r["time_s"] for r in rows if r["model"] == model and  # noqa: E731
+                                              r["method"] == method and (bits is None or r["bits"] == bits))
+    if info.task == "superresolution":
+        bicubic = seed_values(rows, model, "bicubic")
+        lines.append(f"| bicubic | – | {cell(list(bicubic.values()), digits)} | "
+                     f"{signed(mean(bicubic.values()) - fp_mean)} | – | – |")
+    lines.append(f"| FP | 32/32 | {cell(list(fp.values()), digits)} | – | {listing(fp.values(), digits)} | "
+                 f"{times('fp')} |")
+    for bits in sorted(info.bits):
+        for method in METHODS:
+            found = seed_values(rows, model, method, bits)
+            lines.append(f"| {METHOD_NAMES[method]} | {bits}/{bits} | {cell(list(found.values()), digits)} | "
+                         f"{signed(mean(found.values()) - fp_mean)} | {listing(found.values(), digits)} | "
+                         f"{times(method, bits)} |")
+    lines += ["", "RUPQ − LSQ+ per seed (same FP model and seed for both), against the seed-to-seed spread "
+              "(the larger standard deviation of the two cells):", ""]
+    lines += ["| method | bits (w/a) | RUPQ − LSQ+ | per seed | spread | verdict |", "|---|---|---:|---|---:|---|"]
+    for bits in sorted(info.bits):
+        rupq, lsq = seed_values(rows, model, "rupq", bits), seed_values(rows, model, "lsqplus", bits)
+        difference, noise = paired(rupq, lsq), spread(rupq, lsq)
+        lines.append(f"| RUPQ − LSQ+ | {bits}/{bits} | {cell(difference, digits) if difference else 'not finished'} | "
+                     f"{listing(difference, digits, sign=True)} | "
+                     f"{'–' if math.isnan(noise) else f'{noise:.{digits}f}'} | {verdict(difference, noise)} |")
+    lines.append("")
+    return lines
+
+
+def ablation_finding(name: str, moved: list[float], noise: float, gap: float, after: float) -> str:
+    """One sentence on what changing one ingredient did to RUPQ in a cell it does not win."""
+    what = ABLATIONS[name][0].removeprefix("RUPQ ")
+    if not moved:
+        return f"{what}: not finished."
+    change = mean(moved)
+    amount = f"{change:+.2f} (spread {noise:.2f})"
+    if math.isnan(noise):
+        return f"{what}: {amount} with one seed, no spread to judge it by."
+    if change > noise and after >= 0:
+        return (f"{what}: RUPQ gains {amount} and reaches LSQ+ ({after:+.2f}): this ingredient of RUPQ's recipe "
+                "is what costs it this cell.")
+    if change > noise:
+        return f"{what}: RUPQ gains {amount}, but stays {after:+.2f} against LSQ+: it explains part of the gap of {gap:+.2f}."
+    if change < -noise:
+        return f"{what}: RUPQ loses {amount}: this ingredient helps RUPQ here, the gap comes from elsewhere."
+    return f"{what}: no change beyond the spread ({amount})."
+
+
+def ablation_section(rows) -> list[str]:
+    lines = ["## Ablations", ""]
+    lines += ["For every cell where RUPQ's mean is not above LSQ+'s, the same command reran RUPQ with one "
+              "ingredient of its recipe changed towards LSQ+'s, with the same seeds and FP model: "
+              + "; ".join(f"*{label}*" for label, _ in ABLATIONS.values()) + ". The original authors' README "
+              "notes that input standardization needs tuning; the optimizer is the other half of RUPQ's "
+              "recipe (Adam with per-kind learning rates instead of SGD).", ""]
+    cells = sorted({(r["model"], r["bits"]) for r in rows if r["method"].startswith("rupq:")},
+                   key=lambda cell: (list(MODELS).index(cell[0]), cell[1]))
+    if not cells:
+        return lines + ["No cell needed one: RUPQ's mean was above LSQ+'s everywhere.", ""]
+    for model, bits in cells:
+        digits = 2
+        metric = METRICS[MODELS[model].task][0]
+        rupq, lsq = seed_values(rows, model, "rupq", bits), seed_values(rows, model, "lsqplus", bits)
+        gap = mean(paired(rupq, lsq))
+        lines += [f"### {MODELS[model].heading} {bits}/{bits}", ""]
+        lines += [f"| method | bits (w/a) | {metric} | per seed | Δ vs RUPQ | Δ vs LSQ+ |", "|---|---|---:|---|---:|---:|"]
+        lines.append(f"| LSQ+ | {bits}/{bits} | {cell(list(lsq.values()), digits)} | {listing(lsq.values(), digits)} | "
+                     f"{signed(-gap)} | – |")
+        lines.append(f"| RUPQ | {bits}/{bits} | {cell(list(rupq.values()), digits)} | {listing(rupq.values(), digits)} | "
+                     f"– | {signed(gap)} |")
+        findings = []
+        for name, (label, _) in ABLATIONS.items():
+            variant = seed_values(rows, model, f"rupq:{name}", bits)
+            moved, after = paired(variant, rupq), mean(paired(variant, lsq))
+            lines.append(f"| {label} | {bits}/{bits} | {cell(list(variant.values()), digits)} | "
+                         f"{listing(variant.values(), digits)} | {signed(mean(moved))} | {signed(after)} |")
+            findings.append(ablation_finding(name, moved, spread(variant, rupq), gap, after))
+        lines += ["", *(f"- {finding}" for finding in findings), ""]
+    return lines
+
+
+def plot(rows: list[dict], models: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(2, len(models))
+    rows_of_panels = math.ceil(len(models) / columns)
+    figure, axes = plt.subplots(rows_of_panels, columns, figsize=(5.5 * columns, 3.8 * rows_of_panels), dpi=110,
+                                squeeze=False)
+    for axis, model in zip(axes.flat, models):
+        info = MODELS[model]
+        for method, style in (("fp", "--"), ("bicubic", ":")):
+            found = list(seed_values(rows, model, method).values())
+            if found:
+                axis.axhline(mean(found), color="black", linestyle=style,
+                             label=f"{METHOD_NAMES[method]} ({mean(found):.2f})")
+        bit_widths = sorted(info.bits)
+        for offset, (method, color) in zip((-0.04, 0.04), (("lsqplus", "tab:orange"), ("rupq", "tab:blue"))):
+            points = [(bits, *summary(list(seed_values(rows, model, method, bits).values()))) for bits in bit_widths]
+            points = [point for point in points if not math.isnan(point[1])]
+            if points:
+                bits, means, spreads = zip(*points)
+                axis.errorbar([b + offset for b in bits], means, yerr=spreads, marker="o", capsize=4, color=color,
+                              label=METHOD_NAMES[method])
+        axis.set_xticks(bit_widths, [f"w{b}a{b}" for b in bit_widths])
+        axis.set_ylabel(METRICS[info.task][1])
+        axis.set_title(f"{info.heading} (mean ± std over seeds)", fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(models):]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+
+
+def seed_commands() -> list[str]:
+    """Commands for every config under rupq/examples/float and rupq/examples/quantized."""
+    lines = []
+    float_root, quant_root = EXAMPLES / "float", EXAMPLES / "quantized"
+    models = sorted({p.parent.relative_to(float_root) for p in float_root.rglob("*.yaml")}
+                    | {p.parent.relative_to(quant_root) for p in quant_root.rglob("*.yaml")})
+    for model in models:
+        task, arch = model.parts[0], model.parts[-1]
+        lines += [f"#### {task} / {arch}", "", "```bash"]
+        fp_configs = sorted((float_root / model).glob("*.yaml"))
+        fp_checkpoint = "MODEL.ckpt"
+        for config in fp_configs:
+            logdir = f"runs/{arch}/{config.stem}"
+            lines.append(f"python rupq/main.py --config {config.relative_to(REPO)} --logdir {logdir} --gpu=0,1")
+            fp_checkpoint = f"{logdir}/version_0/model.ckpt"
+        if not fp_configs:
+            lines.append(f"# no full-precision config here: train or obtain a {arch} model.ckpt first")
+        for config in sorted((quant_root / model).glob("*.yaml")):
+            lines.append(f"python rupq/main.py --config {config.relative_to(REPO)} --logdir runs/{arch}/{config.stem} "
+                         f"--load {fp_checkpoint} --gpu=0,1")
+        lines += ["```", ""]
+    return lines
+
+
+
+
+def configuration_notes(budget, logdir) -> list[str]:
+    sr_lr = {model: size.fp_lr for model, size in budget.models.items()
+             if MODELS[model].task == "superresolution" and size.fp_lr is not None}
+    return [
+        "## How the runs were configured", "",
+        "Each run's config is derived from the paper's config of the same method and bit width "
+        "(`rupq/examples/{float,quantized}/classification/resnet18/` for small_resnet, `.../mobilenet_v2/`, "
+        "`.../superresolution/edsr/` and `.../srresnet/`). Kept verbatim: quantizers (`StepOffsetQuantizer` "
+        "inputs, per-channel `StepQuantizer` weights), initializers, `Standardization` (RUPQ only), optimizers and "
+        "learning rates (RUPQ: Adam for `quant_weight` and `quant_input` at the paper's rates; LSQ+: SGD with "
+        "momentum for all quantization parameters), the 8-bit first (and, in SR, last) layers, the half-wave rules "
+        "and MobileNet-v2's `BatchNormReestimationCallback`. Replaced: the dataset, the model size (MobileNet-v2 "
+        "keeps torchvision's blocks and layer names, with a one-channel stem and less downsampling for 28×28 "
+        "images), the epochs, the cosine `T_max` (= epochs × iterations per epoch, the same whole-schedule "
+        "cosine as on ImageNet) and the step milestones (same fraction of training), and `seed:`. The FP model "
+        "of each model is trained once; the seeds vary the quantized runs (initialization batches, data order, "
+        "augmentation), which is what the RUPQ − LSQ+ comparison needs: both methods start from the same FP "
+        "weights. The TensorBoard picture callback `QuantImagesCallback` is left out (visualization only)."
+        + "".join(f" The FP {MODELS[m].heading}'s Adam learning rate is {lr} instead of the paper config's, which "
+                  "is made for hundreds of thousands of iterations (the quantized runs keep the paper's rates)."
+                  for m, lr in sr_lr.items())
+        + f" The derived files are kept in `{logdir}/configs/`.", ""]
+
+
+def write_report(rows: list[dict], args, budget, started: float, load: list, out: Path, expected: int) -> Path:
+    """``OUT/RESULTS.md``, ``OUT/reproduction.png`` and ``OUT/reproduction_results.json``."""
+    import time
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    wall_total = time.time() - started
+    run_rows = [r for r in rows if r["method"] != "bicubic"]
+    lines = ["# Reproduction report: full precision vs LSQ+ vs RUPQ", ""]
+    lines += [f"Generated by `{args.command_line}`. Every number below was measured by that command on the "
+              "machine described here, except those in the last section, which are marked *published*.", ""]
+    planned = len([r for r in run_rows if not r["method"].startswith("rupq:")])
+    if planned < expected:
+        lines += [f"**Incomplete: {planned} of the {expected} training runs had finished when this report was "
+                  "written (`--report-only`); the others are marked *not finished*. Rerun the command below "
+                  "to train the rest (finished runs are reused) and regenerate the report.**", ""]
+    wall_runs = sum(r["wall_s"] for r in run_rows)
+    cpu_runs = sum(r["cpu_s"] for r in run_rows if not math.isnan(r["cpu_s"]))
+    lines += ["## Machine and time", ""]
+    lines += [f"- CPU: {info['cpu']}, {info['cores']} usable cores ({info['logical_cpus']} logical CPUs); GPU: {info['gpu']}",
+              f"- torch {info['torch']}, Python {info['python']}, {info['platform']}",
+              f"- budget `{args.budget}`: {budget.description}",
+              f"- classification seeds {', '.join(map(str, args.seeds))}; super-resolution seeds "
+              f"{', '.join(map(str, args.sr_seeds))}",
+              f"- **wall-clock of this invocation: {wall_total / 60:.1f} min**, {args.jobs} runs at a time with "
+              f"{args.threads} thread(s) each; {len(run_rows)} training runs, {wall_runs / 60:.1f} min of run "
+              "wall-clock in all (runs reused from an earlier invocation count with their own time)",
+              f"- CPU time of the training runs: {cpu_runs / 60:.1f} min, i.e. {cpu_runs / max(wall_total, 1e-9):.2f} "
+              f"of {info['cores']} cores busy on average over the invocation; 1-minute load average "
+              f"{' → '.join(f'{x:.1f}' for x in load)} (start → end). A load above {info['cores']} means other "
+              "work shared the cores and the wall-clock is inflated accordingly.", ""]
+
+    lines += ["## Summary", ""]
+    lines += ["| model | bits (w/a) | RUPQ − LSQ+ | verdict |", "|---|---|---:|---|"]
+    for model in args.models:
+        for bits in sorted(MODELS[model].bits):
+            rupq, lsq = seed_values(rows, model, "rupq", bits), seed_values(rows, model, "lsqplus", bits)
+            difference = paired(rupq, lsq)
+            lines.append(f"| {MODELS[model].heading} | {bits}/{bits} | "
+                         f"{cell(difference) if difference else 'not finished'} | "
+                         f"{verdict(difference, spread(rupq, lsq))} |")
+    lines += ["", "Verdict: the mean difference against the seed-to-seed spread of the two cells (section per "
+              "model below); cells whose mean is not above LSQ+'s have an ablation (section *Ablations*).", ""]
+    picture = out / "reproduction.png"
+    plot(rows, list(args.models), picture)
+    lines += [f"![LSQ+ and RUPQ against bit width, per model]({picture.name})", ""]
+
+    for model in args.models:
+        seeds = args.seeds if MODELS[model].task == "classification" else args.sr_seeds
+        lines += model_section(rows, model, budget.models[model], seeds)
+    lines += ablation_section(rows)
+    lines += configuration_notes(budget, args.logdir)
+    lines += ["Regenerate:", "", "```bash", args.command_line, "```", ""]
+
+    lines += ["## The paper's experiments on the real datasets", ""]
+    lines += ["Run the full-precision config first, then each quantized config from its `model.ckpt` with "
+              "`--load` (point the datasets-info file, `rupq/dataloaders/datasets_info.yaml` or "
+              "`RUPQ_DATASETS_INFO`, at ImageNet / DIV2K / COCO). `--load torchvision:resnet18` (or "
+              "`torchvision:mobilenet_v2`) starts from torchvision's published weights instead of an FP run. "
+              "Use the next free `version_N` in `--load` if a logdir was used before.", ""]
+    lines += seed_commands()
+    lines += ["### Published reference numbers (ImageNet top-1, %) — published, not measured here", "",
+              "| model | setting | top-1 (%) | source |", "|---|---|---:|---|"]
+    for (arch, setting), (value, source) in PUBLISHED.items():
+        lines.append(f"| {arch} | {'full precision' if setting == 'fp' else setting + ' (LSQ)'} | {value} | {source} |")
+    lines.append("")
+
+    report = out / "RESULTS.md"
+    report.write_text("\n".join(lines))
+    raw = {"command": args.command_line, "budget": asdict(budget), "machine": info, "wall_s": wall_total,
+           "load_average": load, "rows": rows}
+    (out / "reproduction_results.json").write_text(json.dumps(raw, indent=2) + "\n")
+    return report

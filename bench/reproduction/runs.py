@@ -1,0 +1,145 @@
+"""Training runs: ``rupq/main.py`` subprocesses, reused when finished, several at a time.
+
+Each run is a :class:`Job`. A quantized job starts from its FP job's ``model.ckpt`` (``--load``),
+so it waits for it; otherwise jobs run in the order given, ``workers`` at a time, each with
+``threads`` intra-op threads. On 2 cores two one-thread runs side by side train about 1.4× as fast
+as one two-thread run (small convolutions do not keep two threads busy, and each run's Python,
+data loading and validation overlap with the other's arithmetic). When a job finishes,
+``on_finish`` may add jobs (the ablations of a cell RUPQ does not win).
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.reproduction.budgets import REPO
+from bench.reproduction.derive import DerivedRun
+
+MAIN = REPO / "rupq" / "main.py"
+
+
+@dataclass
+class Job:
+    """One training run of the report. ``key`` = (model, method, bits, seed); ``method`` is ``fp``,
+    ``lsqplus``, ``rupq`` or ``rupq:<ablation>``."""
+
+    key: tuple
+    derived: DerivedRun
+    logdir: Path
+    config_copy: Path  # where the effective config is written for inspection
+    needs: "Job | None" = None  # the FP job whose model.ckpt this one loads
+    result: dict | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        model, method, bits, seed = self.key
+        return f"{model} {method}" + (f" w{bits}a{bits}" if bits else "") + f" seed {seed}"
+
+
+def finished_run(logdir: Path, config_text: str) -> Path | None:
+    """The newest version folder of ``logdir`` that finished with exactly this config (to reuse).
+
+    Newest first, so that after ``--fresh`` the retrained run is the one reused and reported.
+    """
+    versions = [v for v in logdir.glob("version_*") if v.name.removeprefix("version_").isdigit()]
+    for version in sorted(versions, key=lambda v: int(v.name.removeprefix("version_")), reverse=True):
+        if (version / "results.json").is_file() and (version / "config.yaml").read_text() == config_text:
+            return version
+    return None
+
+
+class Runner:
+    """Starts the ``rupq/main.py`` processes of jobs; ``run(job)`` returns its results.json plus wall and
+    CPU seconds, or ``None`` with ``report_only`` when the run has not finished yet."""
+
+    def __init__(self, extra_args: list[str], threads: int, fresh: bool, quiet: bool, report_only: bool):
+        self.extra_args, self.threads = extra_args, threads
+        self.fresh, self.quiet, self.report_only = fresh, quiet, report_only
+        self.print_lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        with self.print_lock:
+            print(f"[reproduce] {text}", flush=True)
+
+    def run(self, job: Job) -> dict | None:
+        config_text = job.derived.effective_text()
+        job.config_copy.parent.mkdir(parents=True, exist_ok=True)
+        job.config_copy.write_text(config_text)
+        version = None if self.fresh else finished_run(job.logdir, config_text)
+        if version is not None:
+            self.say(f"{job.name}: reusing {version}")
+        elif self.report_only:
+            self.say(f"{job.name}: not finished in {job.logdir}")
+            return None
+        else:
+            version = self._train(job)
+        results = json.loads((version / "results.json").read_text())
+        best = ", ".join(f"{key} {value:.2f}" for key, value in results.items() if key.startswith("best_val_"))
+        self.say(f"{job.name}: {best} ({version})")
+        # A run started by hand with the same config has no record of its wall-clock and CPU time:
+        # count its training time for both.
+        timing = version / "reproduce.json"
+        results.update(json.loads(timing.read_text()) if timing.is_file()
+                       else {"wall_s": results["time_s"], "cpu_s": float("nan")})
+        results["version_dir"] = str(version)
+        return results
+
+    def _train(self, job: Job) -> Path:
+        load = ["--load", str(Path(job.needs.result["version_dir"]) / "model.ckpt")] if job.needs else []
+        # A fresh folder per attempt: two jobs never share a logdir, and version_N is picked by main.py.
+        before = set(job.logdir.glob("version_*"))
+        command = [sys.executable, str(MAIN), "--config", str(job.derived.source), "--logdir", str(job.logdir),
+                   "--set", *job.derived.overrides, *load, *self.extra_args]
+        self.say(f"{job.name}: $ {shlex.join(command)}")
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        started = time.time()
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL if self.quiet else None,
+                                   stderr=subprocess.PIPE if self.quiet else None, text=True)
+        stderr = process.stderr.read() if process.stderr else ""
+        # wait4 gives this child's own CPU time (RUSAGE_CHILDREN would mix in the runs beside it).
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        wall, cpu = time.time() - started, usage.ru_utime + usage.ru_stime
+        if process.returncode != 0:
+            detail = f": {stderr.strip().splitlines()[-1]}" if stderr.strip() else ""
+            raise SystemExit(f"error: run {job.name} failed with exit status {process.returncode}{detail}")
+        (version,) = set(job.logdir.glob("version_*")) - before
+        (version / "reproduce.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}) + "\n")
+        return version
+
+
+def run_jobs(jobs: list[Job], runner: Runner, workers: int, on_finish=None) -> list[Job]:
+    """Run ``jobs`` (and any that ``on_finish(job)`` returns), ``workers`` at a time, a job only after
+    the FP job it needs; returns every job, finished or not (``result`` None)."""
+    pending, running, everything = list(jobs), {}, list(jobs)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= workers:
+                    break
+                if job.needs is not None and job.needs.result is None:
+                    if job.needs in pending or job.needs in running.values():
+                        continue  # its FP model is still to come
+                    pending.remove(job)  # its FP run did not finish (--report-only): nothing to load
+                    continue
+                pending.remove(job)
+                running[pool.submit(runner.run, job)] = job
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                job.result = future.result()  # a failed run raises SystemExit here and stops the report
+                for follow_up in (on_finish(job) if on_finish and job.result is not None else []):
+                    pending.append(follow_up)
+                    everything.append(follow_up)
+    return everything
