@@ -432,65 +432,54 @@ def _flat_outputs(output) -> list:
     return [tensor for item in output for tensor in _flat_outputs(item)]
 
 
-def torch_outputs(model, inputs) -> list:
-    """The model in eval mode, the quantizer formula run eagerly (as :func:`weight_codes` does)."""
+def torch_outputs(model, inputs, hooks=()) -> list:
+    """The model in eval mode, the quantizer formula run eagerly (as :func:`weight_codes` does);
+    ``hooks``: ``(module, forward hook)`` pairs installed for this pass only."""
     import torch
 
     from rupq.quantizers.compiled import quantize
 
-    with torch.no_grad(), quantize.eagerly():
-        return [tensor.float().numpy() for tensor in _flat_outputs(model(inputs))]
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with torch.no_grad(), quantize.eagerly():
+            return [tensor.float().numpy() for tensor in _flat_outputs(model(inputs))]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def output_step(model, inputs, reference: list) -> float:
     """One quantization step of the output: how far the outputs move when the input of the last
     quantized layer to run moves up by one of its steps (0 for a float model)."""
     import numpy as np
-    import torch
 
-    order = []
-    hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: order.append(name))
-             for name, layer in quantized_layers(model).items()]
-    try:
-        torch_outputs(model, inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    layers, order = quantized_layers(model), []
+    torch_outputs(model, inputs, [(layer, lambda module, args, out, name=name: order.append(name))
+                                  for name, layer in layers.items()])
     if not order:
         return 0.0
-    last = quantized_layers(model)[order[-1]]
+    last = layers[order[-1]]
     step = activation_grid(last, order[-1], False).scale
-    hook = last.quantizer.input_quantizer.register_forward_hook(lambda module, args, out: out + step)
-    try:
-        moved = torch_outputs(model, inputs)
-    finally:
-        hook.remove()
+    moved = torch_outputs(model, inputs, [(last.quantizer.input_quantizer, lambda module, args, out: out + step)])
     return max(float(np.abs(a - b).max()) for a, b in zip(moved, reference))
 
 
 def activation_codes_torch(model, inputs) -> dict:
     """``{layer: integer codes of its input}`` in PyTorch: ``(x̂ - o) / a`` of each input quantizer's
     output ``x̂ = q·a + o``, rounded (exact: the float error is far below ½)."""
-    import torch
-
     codes = {}
 
-    def keep_codes(name, quantizer):
-        scale = activation_grid(quantized_layers(model)[name], name, False).scale
-        offset = getattr(quantizer, "offset", None)
+    def keep_codes(name, layer):
+        scale = activation_grid(layer, name, False).scale
+        offset = getattr(layer.quantizer.input_quantizer, "offset", None)
 
         def hook(module, args, out):
             shifted = out.float() if offset is None else out.float() - offset.detach()
             codes[name] = (shifted / scale).round().numpy()
         return hook
 
-    hooks = [layer.quantizer.input_quantizer.register_forward_hook(keep_codes(name, layer.quantizer.input_quantizer))
-             for name, layer in quantized_layers(model).items()]
-    try:
-        torch_outputs(model, inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    torch_outputs(model, inputs, [(layer.quantizer.input_quantizer, keep_codes(name, layer))
+                                  for name, layer in quantized_layers(model).items()])
     return codes
 
 
