@@ -32,12 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.reproduction` when run as a script
-
-from bench.reproduction.budgets import BUDGETS, METHODS, MODELS, REPO  # noqa: E402
-from bench.reproduction.derive import ABLATIONS, ablation_config, run_config  # noqa: E402
-from bench.reproduction.report import rupq_not_better, write_report  # noqa: E402
-from bench.reproduction.runs import Job, Runner, run_jobs  # noqa: E402
+# `python bench/reproduce.py` puts bench/ first on the import path: `reproduction` is bench/reproduction/.
+from reproduction.budgets import BUDGETS, METHODS, MODELS, REPO
+from reproduction.derive import ABLATIONS, ablation_config, run_config
+from reproduction.report import rupq_not_better, write_report
+from reproduction.runs import Job, Runner, run_jobs
 
 SR_DEMO_SCRIPT = REPO / "scripts" / "make_sr_demo_data.py"
 
@@ -162,7 +161,7 @@ def main(argv=None) -> None:
         demo = load_sr_demo_module()
         scales = sorted({MODELS[m].scale for m in sr_models})
         if not (sr_root / "datasets_info.yaml").is_file() or not all(
-                (sr_root / "DIV2K" / f"DIV2K_train_LR_bicubic" / f"X{s}").is_dir() for s in scales):
+                (sr_root / "DIV2K" / "DIV2K_train_LR_bicubic" / f"X{s}").is_dir() for s in scales):
             print(f"[reproduce] building the real-photo demo set in {sr_root} (×{', ×'.join(map(str, scales))})",
                   flush=True)
             demo.build(sr_root, scales)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.reproduction.budgets import EXAMPLES, MODELS, ModelBudget
+from .budgets import EXAMPLES, MODELS, ModelBudget
 from rupq.config import config_tree, config_value_text, effective_config_text, load_config
 
 

@@ -15,8 +15,8 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.reproduction.budgets import EXAMPLES, METHOD_NAMES, METHODS, MODELS, PUBLISHED, REPO
-from bench.reproduction.derive import ABLATIONS
+from .budgets import EXAMPLES, METHOD_NAMES, METHODS, MODELS, PUBLISHED, REPO
+from .derive import ABLATIONS
 
 METRICS = {"classification": ("top-1 (%)", "Fashion-MNIST test top-1 (%)"),
            "superresolution": ("PSNR (dB)", "PSNR (dB, Y channel)")}

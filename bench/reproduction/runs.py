@@ -19,8 +19,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.reproduction.budgets import REPO
-from bench.reproduction.derive import DerivedRun
+from .budgets import REPO
+from .derive import DerivedRun
 
 MAIN = REPO / "rupq" / "main.py"
 

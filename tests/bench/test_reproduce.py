@@ -17,9 +17,10 @@ import pytest
 from conftest import REPO
 from rupq.config import config_tree, load_config
 
-sys.path.insert(0, str(REPO))
-from bench.reproduction import derive, report, runs  # noqa: E402
-from bench.reproduction.budgets import BUDGETS, MODELS  # noqa: E402
+# As when bench/reproduce.py runs as a script: bench/ on the path, its parts the package `reproduction`.
+sys.path.insert(0, str(REPO / "bench"))
+from reproduction import derive, report, runs  # noqa: E402
+from reproduction.budgets import BUDGETS  # noqa: E402
 
 SCRIPT = REPO / "bench" / "reproduce.py"
 
