@@ -54,3 +54,7 @@ class DataError(RupqError):
 
 class CheckpointError(RupqError):
     """A checkpoint that cannot be read."""
+
+
+class ExportError(RupqError):
+    """A model or layer the exporter cannot express, or an export that does not match PyTorch."""

@@ -22,6 +22,9 @@ import onnx
 import torch
 
 from rupq import export
+from rupq.errors import RupqError
+from rupq.deploy.onnx_graph import layers_whose_file_codes_differ
+from rupq.deploy.verify import onnxruntime_outputs, onnxruntime_session, torch_outputs
 
 
 def evaluate(checkpoint: Path, out_dir: Path) -> dict:
@@ -29,14 +32,14 @@ def evaluate(checkpoint: Path, out_dir: Path) -> dict:
     summary = export.run(export.parse_args(["--checkpoint", str(checkpoint), "--out", str(out)]))
     model, task = export.load_model(checkpoint, checkpoint.parent / "config.yaml")
     proto = onnx.load(out)
-    session = export.onnxruntime_session(proto.SerializeToString())
+    session = onnxruntime_session(proto.SerializeToString())
     correct_torch = correct_onnx = same = total = 0
     max_difference = 0.0
     started = time.monotonic()
     for batch in task.training_loop.dataset.val_dataloader():
         inputs, labels = task.training_loop.unpack_batch(batch)
-        logits_torch = export.torch_outputs(model, inputs)[0]
-        logits_onnx = export.onnxruntime_outputs(session, inputs)[0]
+        logits_torch = torch_outputs(model, inputs)[0]
+        logits_onnx = onnxruntime_outputs(session, inputs)[0]
         predicted_torch, predicted_onnx = logits_torch.argmax(1), logits_onnx.argmax(1)
         labels = labels.numpy()
         correct_torch += int((predicted_torch == labels).sum())
@@ -52,7 +55,7 @@ def evaluate(checkpoint: Path, out_dir: Path) -> dict:
         "top1_onnx": 100.0 * correct_onnx / total,
         "same_prediction": 100.0 * same / total,
         "max_logit_difference": max_difference,
-        "codes_differ": export.layers_whose_file_codes_differ(model, proto),
+        "codes_differ": layers_whose_file_codes_differ(model, proto),
         "size_mb": summary["size"] / 1e6,
         "fp32_size_mb": summary["float_size"] / 1e6,
         "seconds": time.monotonic() - started,
@@ -91,7 +94,7 @@ def main(argv=None) -> None:
     for checkpoint in args.checkpoints:
         try:
             rows.append(evaluate(checkpoint, args.out_dir))
-        except export.RupqError as error:
+        except RupqError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
     text = table(rows)

@@ -15,8 +15,9 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from rupq.config import load_config
+from rupq.deploy.integers import quantized_layers
+from rupq.deploy.verify import output_step
 from rupq.export import main as export_main
-from rupq.export import output_step, quantized_layers
 from rupq.models import create_model
 from rupq.models.yolo import cfg_path
 from rupq.quantizers import initialize_quantizers
@@ -192,7 +193,8 @@ def test_every_architecture_at_w4a4_runs_in_onnxruntime_like_pytorch(tmp_path, a
 
 
 def test_resnet18_w4a4_file_is_at_most_a_sixth_of_its_fp32_export(tmp_path):
-    from rupq.export import export_float_graph, float_twin, quantized_model_proto
+    from rupq.deploy.integers import float_twin
+    from rupq.deploy.onnx_graph import export_float_graph, quantized_model_proto
 
     kwargs, input_size, _, first = ARCHITECTURES["resnet18"]
     model, _ = make_run(tmp_path / "run", "resnet18", kwargs, input_size, "lsq", first=first)
