@@ -76,6 +76,18 @@ def cell(values: list[float], digits: int = 2) -> str:
     return f"{mean_value:.{digits}f} ± {deviation:.{digits}f}"
 
 
+def difference_cell(differences: list[float]) -> str:
+    """Mean ± sample standard deviation of per-seed differences, signed."""
+    if not differences:
+        return "not finished"
+    mean_value, deviation = summary(differences)
+    return signed(mean_value) if len(differences) == 1 else f"{signed(mean_value)} ± {deviation:.2f}"
+
+
+def count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def seed_values(rows, model, method, bits=None) -> dict:
     """seed -> value of the finished runs of one cell."""
     return {r["seed"]: r["value"] for r in rows
@@ -127,17 +139,17 @@ def model_section(rows, model: str, size, seeds, digits: int = 2) -> list[str]:
     fp_mean = mean(fp.values())
     if info.task == "classification":
         lines = [f"## {info.heading}: Fashion-MNIST classification", ""]
-        lines += [f"`{model}` {size.model_kwargs or '(default size)'}. FP: trained once ({size.fp_epochs} epochs on "
+        lines += [f"`{model}` {size.model_kwargs or '(default size)'}. FP: trained once ({count(size.fp_epochs, 'epoch')} on "
                   f"{size.fp_train_subset or 60000} training images, seed {next(iter(fp), '–')}); every quantized run "
-                  f"starts from it and trains {size.qat_epochs} epochs on a fixed subset of "
+                  f"starts from it and trains {count(size.qat_epochs, 'epoch')} on a fixed subset of "
                   f"{size.qat_train_subset or 60000} training images. Best test top-1 over the epochs, on "
                   f"{size.val_subset or 10000} test images; mean ± sample standard deviation over seeds "
                   f"{', '.join(map(str, seeds))}.", ""]
     else:
         lines = [f"## {info.heading}: super-resolution ×{info.scale}", ""]
         lines += [f"`{model}` {size.model_kwargs} on the training photos of `scripts/make_sr_demo_data.py` "
-                  f"({size.repeat} random {size.patch_size}-pixel patches per photo and epoch); FP {size.fp_epochs} "
-                  f"epochs, each quantized run {size.qat_epochs} epochs from it. PSNR (Y channel, {info.scale}-pixel "
+                  f"({size.repeat} random {size.patch_size}-pixel patches per photo and epoch); FP {count(size.fp_epochs, 'epoch')}, "
+                  f"each quantized run {count(size.qat_epochs, 'epoch')} from it. PSNR (Y channel, {info.scale}-pixel "
                   f"border cropped) on the validation photos, best epoch; seeds {', '.join(map(str, seeds))}.", ""]
     lines += [f"| method | bits (w/a) | {metric} | Δ vs FP | per seed | train time per run (min) |",
               "|---|---|---:|---:|---|---:|"]
@@ -161,30 +173,48 @@ def model_section(rows, model: str, size, seeds, digits: int = 2) -> list[str]:
     for bits in sorted(info.bits):
         rupq, lsq = seed_values(rows, model, "rupq", bits), seed_values(rows, model, "lsqplus", bits)
         difference, noise = paired(rupq, lsq), spread(rupq, lsq)
-        lines.append(f"| RUPQ − LSQ+ | {bits}/{bits} | {cell(difference, digits) if difference else 'not finished'} | "
+        lines.append(f"| RUPQ − LSQ+ | {bits}/{bits} | {difference_cell(difference)} | "
                      f"{listing(difference, digits, sign=True)} | "
                      f"{'–' if math.isnan(noise) else f'{noise:.{digits}f}'} | {verdict(difference, noise)} |")
     lines.append("")
     return lines
 
 
-def ablation_finding(name: str, moved: list[float], noise: float, gap: float, after: float) -> str:
-    """One sentence on what changing one ingredient did to RUPQ in a cell it does not win."""
+def ablation_finding(name: str, moved: list[float], noise: float, gap: float, after: float) -> tuple[str, str]:
+    """``(kind, sentence)`` on what changing one ingredient did to RUPQ in a cell it does not win;
+    kind: closes, part, helps, none or unknown."""
     what = ABLATIONS[name][0].removeprefix("RUPQ ")
     if not moved:
-        return f"{what}: not finished."
+        return "unknown", f"{what}: not finished."
     change = mean(moved)
     amount = f"{change:+.2f} (spread {noise:.2f})"
     if math.isnan(noise):
-        return f"{what}: {amount} with one seed, no spread to judge it by."
+        return "unknown", f"{what}: {amount} with one seed, no spread to judge it by."
     if change > noise and after >= 0:
-        return (f"{what}: RUPQ gains {amount} and reaches LSQ+ ({after:+.2f}): this ingredient of RUPQ's recipe "
-                "is what costs it this cell.")
+        return "closes", (f"{what}: RUPQ gains {amount} and reaches LSQ+ ({after:+.2f}): this ingredient of RUPQ's "
+                          "recipe is what costs it this cell.")
     if change > noise:
-        return f"{what}: RUPQ gains {amount}, but stays {after:+.2f} against LSQ+: it explains part of the gap of {gap:+.2f}."
+        return "part", f"{what}: RUPQ gains {amount}, but stays {after:+.2f} against LSQ+: it explains part of the gap of {gap:+.2f}."
     if change < -noise:
-        return f"{what}: RUPQ loses {amount}: this ingredient helps RUPQ here, the gap comes from elsewhere."
-    return f"{what}: no change beyond the spread ({amount})."
+        return "helps", f"{what}: RUPQ loses {amount}: this ingredient helps RUPQ here, the gap comes from elsewhere."
+    return "none", f"{what}: no change beyond the spread ({amount})."
+
+
+def ablation_reason(findings: list[tuple[str, str, str]], gap: float, noise: float) -> str:
+    """The cell's conclusion from its findings ``(ablation label, kind, sentence)``."""
+    closing = [label for label, kind, _ in findings if kind == "closes"]
+    partial = [label for label, kind, _ in findings if kind == "part"]
+    if closing:
+        return f"**Reason:** {' and '.join(closing)} reaches LSQ+: that ingredient costs RUPQ this cell."
+    if partial:
+        return f"**Reason, in part:** {' and '.join(partial)} narrows the gap; the rest is not explained by these ablations."
+    if any(kind == "unknown" for _, kind, _ in findings) or math.isnan(noise):
+        return "**Reason:** not established (unfinished runs or a single seed)."
+    if abs(gap) <= noise:
+        return (f"**Reason:** no single ingredient moves RUPQ beyond the seed spread, and the gap itself ({gap:+.2f}) "
+                f"is within the spread ({noise:.2f}): at this budget the two methods are tied in this cell.")
+    return (f"**Reason not found:** the gap ({gap:+.2f}) exceeds the spread ({noise:.2f}), but neither change closes "
+            "it; what remains different between the recipes is the weight standardization and the initializers.")
 
 
 def ablation_section(rows) -> list[str]:
@@ -215,8 +245,9 @@ def ablation_section(rows) -> list[str]:
             moved, after = paired(variant, rupq), mean(paired(variant, lsq))
             lines.append(f"| {label} | {bits}/{bits} | {cell(list(variant.values()), digits)} | "
                          f"{listing(variant.values(), digits)} | {signed(mean(moved))} | {signed(after)} |")
-            findings.append(ablation_finding(name, moved, spread(variant, rupq), gap, after))
-        lines += ["", *(f"- {finding}" for finding in findings), ""]
+            findings.append((label, *ablation_finding(name, moved, spread(variant, rupq), gap, after)))
+        lines += ["", *(f"- {sentence}" for _, _, sentence in findings), "",
+                  ablation_reason(findings, gap, spread(rupq, lsq)), ""]
     return lines
 
 
@@ -307,17 +338,21 @@ def configuration_notes(budget, logdir) -> list[str]:
         + f" The derived files are kept in `{logdir}/configs/`.", ""]
 
 
-def write_report(rows: list[dict], args, budget, started: float, load: list, out: Path, expected: int) -> Path:
-    """``OUT/RESULTS.md``, ``OUT/reproduction.png`` and ``OUT/reproduction_results.json``."""
-    import time
+def write_report(rows: list[dict], args, budget, trained_by: dict, out: Path, expected: int) -> Path:
+    """``OUT/RESULTS.md``, ``OUT/reproduction.png`` and ``OUT/reproduction_results.json``.
 
+    ``trained_by``: ``{"command", "wall_s", "load_average"}`` of the invocation that trained the runs
+    (with ``--report-only``, the one recorded by the report this one replaces).
+    """
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    wall_total = time.time() - started
+    wall_total, load = trained_by["wall_s"], trained_by["load_average"]
     run_rows = [r for r in rows if r["method"] != "bicubic"]
     lines = ["# Reproduction report: full precision vs LSQ+ vs RUPQ", ""]
-    lines += [f"Generated by `{args.command_line}`. Every number below was measured by that command on the "
+    lines += [f"Generated by `{trained_by['command']}`. Every number below was measured by that command on the "
               "machine described here, except those in the last section, which are marked *published*.", ""]
+    if trained_by["command"] != args.command_line:
+        lines += [f"This copy of the report was rewritten from the same runs by `{args.command_line}`.", ""]
     planned = len([r for r in run_rows if not r["method"].startswith("rupq:")])
     if planned < expected:
         lines += [f"**Incomplete: {planned} of the {expected} training runs had finished when this report was "
@@ -331,7 +366,7 @@ def write_report(rows: list[dict], args, budget, started: float, load: list, out
               f"- budget `{args.budget}`: {budget.description}",
               f"- classification seeds {', '.join(map(str, args.seeds))}; super-resolution seeds "
               f"{', '.join(map(str, args.sr_seeds))}",
-              f"- **wall-clock of this invocation: {wall_total / 60:.1f} min**, {args.jobs} runs at a time with "
+              f"- **wall-clock of that command: {wall_total / 60:.1f} min**, {args.jobs} runs at a time with "
               f"{args.threads} thread(s) each; {len(run_rows)} training runs, {wall_runs / 60:.1f} min of run "
               "wall-clock in all (runs reused from an earlier invocation count with their own time)",
               f"- CPU time of the training runs: {cpu_runs / 60:.1f} min, i.e. {cpu_runs / max(wall_total, 1e-9):.2f} "
@@ -346,7 +381,7 @@ def write_report(rows: list[dict], args, budget, started: float, load: list, out
             rupq, lsq = seed_values(rows, model, "rupq", bits), seed_values(rows, model, "lsqplus", bits)
             difference = paired(rupq, lsq)
             lines.append(f"| {MODELS[model].heading} | {bits}/{bits} | "
-                         f"{cell(difference) if difference else 'not finished'} | "
+                         f"{difference_cell(difference)} | "
                          f"{verdict(difference, spread(rupq, lsq))} |")
     lines += ["", "Verdict: the mean difference against the seed-to-seed spread of the two cells (section per "
               "model below); cells whose mean is not above LSQ+'s have an ablation (section *Ablations*).", ""]
@@ -359,7 +394,7 @@ def write_report(rows: list[dict], args, budget, started: float, load: list, out
         lines += model_section(rows, model, budget.models[model], seeds)
     lines += ablation_section(rows)
     lines += configuration_notes(budget, args.logdir)
-    lines += ["Regenerate:", "", "```bash", args.command_line, "```", ""]
+    lines += ["Regenerate:", "", "```bash", trained_by["command"], "```", ""]
 
     lines += ["## The paper's experiments on the real datasets", ""]
     lines += ["Run the full-precision config first, then each quantized config from its `model.ckpt` with "
@@ -376,7 +411,7 @@ def write_report(rows: list[dict], args, budget, started: float, load: list, out
 
     report = out / "RESULTS.md"
     report.write_text("\n".join(lines))
-    raw = {"command": args.command_line, "budget": asdict(budget), "machine": info, "wall_s": wall_total,
-           "load_average": load, "rows": rows}
+    raw = {"command": args.command_line, "trained_by": trained_by, "budget": asdict(budget), "machine": info,
+           "rows": rows}
     (out / "reproduction_results.json").write_text(json.dumps(raw, indent=2) + "\n")
     return report

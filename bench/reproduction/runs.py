@@ -72,7 +72,8 @@ class Runner:
         config_text = job.derived.effective_text()
         job.config_copy.parent.mkdir(parents=True, exist_ok=True)
         job.config_copy.write_text(config_text)
-        version = None if self.fresh else finished_run(job.logdir, config_text)
+        # --report-only reports what has finished, even with --fresh.
+        version = None if self.fresh and not self.report_only else finished_run(job.logdir, config_text)
         if version is not None:
             self.say(f"{job.name}: reusing {version}")
         elif self.report_only:

@@ -211,6 +211,9 @@ def fake_rows(seeds, fp=90.0, rupq_loses_at=None):
     return rows
 
 
+TRAINED_BY = {"command": "python bench/reproduce.py --seeds 0 2", "wall_s": 600.0, "load_average": [1.0, 2.0]}
+
+
 def report_args(**changes):
     args = dict(command_line="python bench/reproduce.py --seeds 0 2", budget="cpu", seeds=[0, 2], sr_seeds=[0],
                 models=["small_resnet"], logdir=Path("runs/reproduce/cpu"), jobs=2, threads=1)
@@ -219,7 +222,7 @@ def report_args(**changes):
 
 
 def test_report_gives_mean_spread_differences_and_verdicts(tmp_path):
-    path = report.write_report(fake_rows([0, 2]), report_args(), BUDGETS["cpu"], 0.0, [1.0, 2.0], tmp_path, 13)
+    path = report.write_report(fake_rows([0, 2]), report_args(), BUDGETS["cpu"], TRAINED_BY, tmp_path, 13)
     text = path.read_text()
     assert "## small_resnet: Fashion-MNIST classification" in text
     assert "| FP | 32/32 | 90.00 | – | 90.00 |" in text
@@ -227,7 +230,8 @@ def test_report_gives_mean_spread_differences_and_verdicts(tmp_path):
     assert "| RUPQ | 2/2 | 87.00 ± 1.41 | -3.00 | 86.00, 88.00 |" in text
     assert "| LSQ+ | 4/4 | 88.00 ± 1.41 | -2.00 | 87.00, 89.00 |" in text
     # RUPQ − LSQ+ = +1 for both seeds; spread 1.41 → within the spread
-    assert "| RUPQ − LSQ+ | 2/2 | 1.00 ± 0.00 | +1.00, +1.00 | 1.41 | within the spread |" in text
+    assert "| RUPQ − LSQ+ | 2/2 | +1.00 ± 0.00 | +1.00, +1.00 | 1.41 | within the spread |" in text
+    assert "wall-clock of that command: 10.0 min" in text
     assert "## Ablations" in text and "No cell needed one" in text
     for value in ("69.76", "71.88", "67.6", "70.2", "71.1"):
         assert f"| {value} |" in text
@@ -244,19 +248,20 @@ def test_report_explains_a_lost_cell_with_its_ablations(tmp_path):
                          time_s=1.0, wall_s=1.0, cpu_s=1.0, run="x"))
         rows.append(dict(model="small_resnet", method="rupq:lsqplus_optimizers", bits=3, seed=seed, value=lsq - 0.5,
                          time_s=1.0, wall_s=1.0, cpu_s=1.0, run="x"))
-    text = report.write_report(rows, report_args(), BUDGETS["cpu"], 0.0, [1.0, 1.0], tmp_path, 13).read_text()
+    text = report.write_report(rows, report_args(), BUDGETS["cpu"], TRAINED_BY, tmp_path, 13).read_text()
     ablations = text[text.index("## Ablations"):]
     assert "### small_resnet 3/3" in ablations
     assert "| RUPQ without input standardization | 3/3 |" in ablations
     # without input standardization: +2.50 over RUPQ (spread 1.41), +2.00 over LSQ+ → that ingredient costs the cell
     assert "without input standardization: RUPQ gains +2.50" in ablations and "is what costs it this cell" in ablations
     assert "with LSQ+'s optimizers: no change beyond the spread" in ablations
+    assert "**Reason:** RUPQ without input standardization reaches LSQ+" in ablations
 
 
 def test_report_of_unfinished_runs_says_so(tmp_path):
     rows = [row for row in fake_rows([0, 2]) if not (row["seed"] == 2 and row["method"] != "fp")]
     rows = [row for row in rows if not (row["method"] == "rupq" and row["bits"] == 2)]
-    text = report.write_report(rows, report_args(), BUDGETS["cpu"], 0.0, [1.0, 1.0], tmp_path, 13).read_text()
+    text = report.write_report(rows, report_args(), BUDGETS["cpu"], TRAINED_BY, tmp_path, 13).read_text()
     assert "Incomplete: 6 of the 13 training runs" in text
     assert "| RUPQ | 2/2 | not finished | – |" in text
     assert "| RUPQ − LSQ+ | 2/2 | not finished |" in text
@@ -288,3 +293,14 @@ def test_tiny_report_end_to_end(tmp_path, tiny_fashion_mnist):
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("reusing") == 7
+
+
+def test_report_only_keeps_the_time_of_the_command_that_trained_the_runs(tmp_path, reproduce_script_module):
+    raw = tmp_path / "reproduction_results.json"
+    trained = {"command": "python bench/reproduce.py --budget cpu --out docs --quiet --fresh", "wall_s": 4000.0,
+               "load_average": [0.1, 2.0]}
+    raw.write_text(json.dumps({"command": trained["command"], "trained_by": trained}))
+    previous = reproduce_script_module.previous_training
+    assert previous(raw, "python bench/reproduce.py --budget cpu --out docs --report-only") == trained
+    assert previous(raw, "python bench/reproduce.py --budget tiny --out docs --report-only") is None
+    assert previous(tmp_path / "missing.json", "python bench/reproduce.py --report-only") is None
