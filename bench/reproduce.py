@@ -168,8 +168,8 @@ def main(argv=None) -> None:
             demo.build(sr_root, scales)
         for model in sr_models:
             psnr = demo.bicubic_psnr(sr_root, MODELS[model].scale)
-            bicubic_rows += [dict(model=model, method="bicubic", bits=None, seed=seed, value=psnr, time_s=0.0,
-                                  wall_s=0.0, cpu_s=0.0, run=str(sr_root)) for seed in args.sr_seeds]
+            bicubic_rows.append(dict(model=model, method="bicubic", bits=None, seed=args.sr_seeds[0], value=psnr,
+                                     time_s=0.0, wall_s=0.0, cpu_s=0.0, run=str(sr_root)))
 
     plan = Plan(args, budget, sr_root)
     runner = Runner(["--gpu", args.gpu] if args.gpu else [], args.threads, args.fresh, args.quiet, args.report_only)

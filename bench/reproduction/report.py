@@ -200,8 +200,9 @@ def ablation_finding(name: str, moved: list[float], noise: float, gap: float, af
     return "none", f"{what}: no change beyond the spread ({amount})."
 
 
-def ablation_reason(findings: list[tuple[str, str, str]], gap: float, noise: float) -> str:
-    """The cell's conclusion from its findings ``(ablation label, kind, sentence)``."""
+def ablation_reason(findings: list[tuple[str, str, str]], gap: float, noise: float, ablation_noise: float) -> str:
+    """The cell's conclusion from its findings ``(ablation label, kind, sentence)``; ``noise`` is the
+    seed spread of the RUPQ and LSQ+ cells, ``ablation_noise`` the largest of the ablated runs'."""
     closing = [label for label, kind, _ in findings if kind == "closes"]
     partial = [label for label, kind, _ in findings if kind == "part"]
     if closing:
@@ -213,6 +214,11 @@ def ablation_reason(findings: list[tuple[str, str, str]], gap: float, noise: flo
     if abs(gap) <= noise:
         return (f"**Reason:** no single ingredient moves RUPQ beyond the seed spread, and the gap itself ({gap:+.2f}) "
                 f"is within the spread ({noise:.2f}): at this budget the two methods are tied in this cell.")
+    if abs(gap) <= ablation_noise:
+        return (f"**Reason:** too small to attribute. The gap ({gap:+.2f}) is consistent over the seeds (spread "
+                f"{noise:.2f}) but smaller than the seed spread of the ablated runs ({ablation_noise:.2f}): no single "
+                "ingredient of the recipe accounts for it at this number of seeds, and RUPQ and LSQ+ are within "
+                f"{abs(gap):.2f} of each other here.")
     return (f"**Reason not found:** the gap ({gap:+.2f}) exceeds the spread ({noise:.2f}), but neither change closes "
             "it; what remains different between the recipes is the weight standardization and the initializers.")
 
@@ -239,15 +245,16 @@ def ablation_section(rows) -> list[str]:
                      f"{signed(-gap)} | – |")
         lines.append(f"| RUPQ | {bits}/{bits} | {cell(list(rupq.values()), digits)} | {listing(rupq.values(), digits)} | "
                      f"– | {signed(gap)} |")
-        findings = []
+        findings, ablation_noise = [], math.nan
         for name, (label, _) in ABLATIONS.items():
             variant = seed_values(rows, model, f"rupq:{name}", bits)
+            ablation_noise = max(spread(variant), ablation_noise) if not math.isnan(ablation_noise) else spread(variant)
             moved, after = paired(variant, rupq), mean(paired(variant, lsq))
             lines.append(f"| {label} | {bits}/{bits} | {cell(list(variant.values()), digits)} | "
                          f"{listing(variant.values(), digits)} | {signed(mean(moved))} | {signed(after)} |")
             findings.append((label, *ablation_finding(name, moved, spread(variant, rupq), gap, after)))
         lines += ["", *(f"- {sentence}" for _, _, sentence in findings), "",
-                  ablation_reason(findings, gap, spread(rupq, lsq)), ""]
+                  ablation_reason(findings, gap, spread(rupq, lsq), ablation_noise), ""]
     return lines
 
 
@@ -314,6 +321,14 @@ def seed_commands() -> list[str]:
 
 
 
+def shown(path: Path) -> str:
+    """A path as the reader can use it: relative to the working folder when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def configuration_notes(budget, logdir) -> list[str]:
     sr_lr = {model: size.fp_lr for model, size in budget.models.items()
              if MODELS[model].task == "superresolution" and size.fp_lr is not None}
@@ -335,7 +350,7 @@ def configuration_notes(budget, logdir) -> list[str]:
         + "".join(f" The FP {MODELS[m].heading}'s Adam learning rate is {lr} instead of the paper config's, which "
                   "is made for hundreds of thousands of iterations (the quantized runs keep the paper's rates)."
                   for m, lr in sr_lr.items())
-        + f" The derived files are kept in `{logdir}/configs/`.", ""]
+        + f" The derived files are kept in `{shown(logdir)}/configs/`.", ""]
 
 
 def write_report(rows: list[dict], args, budget, trained_by: dict, out: Path, expected: int) -> Path:

@@ -304,3 +304,12 @@ def test_report_only_keeps_the_time_of_the_command_that_trained_the_runs(tmp_pat
     assert previous(raw, "python bench/reproduce.py --budget cpu --out docs --report-only") == trained
     assert previous(raw, "python bench/reproduce.py --budget tiny --out docs --report-only") is None
     assert previous(tmp_path / "missing.json", "python bench/reproduce.py --report-only") is None
+
+
+def test_the_reason_of_a_cell_follows_its_numbers():
+    none = [("RUPQ without input standardization", "none", "…"), ("RUPQ with LSQ+'s optimizers", "none", "…")]
+    assert "tied in this cell" in report.ablation_reason(none, gap=-0.05, noise=0.10, ablation_noise=0.12)
+    assert "too small to attribute" in report.ablation_reason(none, gap=-0.05, noise=0.04, ablation_noise=0.13)
+    assert "Reason not found" in report.ablation_reason(none, gap=-0.50, noise=0.10, ablation_noise=0.20)
+    partial = [("RUPQ with LSQ+'s optimizers", "part", "…")]
+    assert "in part" in report.ablation_reason(partial, gap=-0.50, noise=0.10, ablation_noise=0.20)
