@@ -13,11 +13,9 @@ same integers as a ``weights_only``-loadable file instead (layout in the README,
 
 import argparse
 import copy
-import io
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -128,23 +126,7 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
     return tuple(int(part) for part in parts)
 
 
-# ---- writing --------------------------------------------------------------------------------
-
-def write_atomic(data: bytes, out: Path) -> None:
-    """Write to a temporary file in ``out``'s folder, then rename it: nothing half-written at ``out``."""
-    folder = out.parent
-    if not folder.is_dir():
-        raise ConfigError(f"--out {out}: folder {folder} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, out)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
+# ---- summary --------------------------------------------------------------------------------
 
 def describe_bits(bits: dict) -> str:
     """``w4a4 ×20, w8a8 ×1`` for the summary."""
@@ -177,6 +159,7 @@ def write_integer_checkpoint(model, arch: dict, input_size, args, out: Path, sta
     import torch
 
     from rupq.quantizers.compiled import quantize
+    from rupq.tools.utils.checkpoint import save_atomic
 
     layers = quantized_layers(model)
     content = integer_checkpoint(model, arch, input_size, args.integer_zero_points)
@@ -189,10 +172,8 @@ def write_integer_checkpoint(model, arch: dict, input_size, args, out: Path, sta
         shape = [-1] + [1] * (expected.dim() - 1)
         if not torch.equal(entry["weight_codes"].float() * entry["weight_scale"].view(shape), expected):
             raise ExportError(f"layer '{name}': integer codes × scales differ from PyTorch's quantized weight")
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
     progress(f"[4/5] writing {out}")
-    write_atomic(buffer.getvalue(), out)
+    save_atomic(content, out)  # temporary file, fsync, rename: nothing half-written at --out
     progress("[5/5] onnxruntime check: not applicable to --format torch")
     size = out.stat().st_size
     progress(f"done in {time.monotonic() - started:.1f} s: {len(layers)} layers ({describe_bits(bits) or 'none'}), "
@@ -203,6 +184,7 @@ def write_integer_checkpoint(model, arch: dict, input_size, args, out: Path, sta
 def write_onnx(model, task, arch: dict, input_size, args, out: Path, started: float) -> dict:
     """The ONNX file, written only once onnxruntime has matched PyTorch on a batch."""
     from rupq.tools.training.task import describe_arch
+    from rupq.tools.utils.checkpoint import save_atomic
 
     layers = quantized_layers(model)
     progress("[3/5] exporting the float graph with torch.onnx, then writing integer weights and Q/DQ")
@@ -252,7 +234,7 @@ def write_onnx(model, task, arch: dict, input_size, args, out: Path, started: fl
         summary["zero_point_move"] = moved.max_difference
 
     progress(f"[5/5] writing {out}")
-    write_atomic(data, out)
+    save_atomic(data, out)
     ratio = float_size / len(data)
     progress(
         f"done in {time.monotonic() - started:.1f} s: {len(layers)} quantized layers ({describe_bits(bits) or 'float model'}), "
