@@ -99,6 +99,11 @@ def paired(first: dict, second: dict) -> list[float]:
     return [first[seed] - second[seed] for seed in sorted(first) if seed in second]
 
 
+def largest(numbers: list[float]) -> float:
+    """The largest of ``numbers`` that is not NaN (NaN if none is)."""
+    return max((number for number in numbers if not math.isnan(number)), default=math.nan)
+
+
 def spread(*cells: dict) -> float:
     """The seed-to-seed spread of a comparison: the larger sample standard deviation of its cells."""
     deviations = [statistics.stdev(cell.values()) for cell in cells if len(cell) > 1]
@@ -245,16 +250,16 @@ def ablation_section(rows) -> list[str]:
                      f"{signed(-gap)} | – |")
         lines.append(f"| RUPQ | {bits}/{bits} | {cell(list(rupq.values()), digits)} | {listing(rupq.values(), digits)} | "
                      f"– | {signed(gap)} |")
-        findings, ablation_noise = [], math.nan
+        findings, ablation_spreads = [], []
         for name, (label, _) in ABLATIONS.items():
             variant = seed_values(rows, model, f"rupq:{name}", bits)
-            ablation_noise = max(spread(variant), ablation_noise) if not math.isnan(ablation_noise) else spread(variant)
+            ablation_spreads.append(spread(variant))
             moved, after = paired(variant, rupq), mean(paired(variant, lsq))
             lines.append(f"| {label} | {bits}/{bits} | {cell(list(variant.values()), digits)} | "
                          f"{listing(variant.values(), digits)} | {signed(mean(moved))} | {signed(after)} |")
             findings.append((label, *ablation_finding(name, moved, spread(variant, rupq), gap, after)))
         lines += ["", *(f"- {sentence}" for _, _, sentence in findings), "",
-                  ablation_reason(findings, gap, spread(rupq, lsq), ablation_noise), ""]
+                  ablation_reason(findings, gap, spread(rupq, lsq), largest(ablation_spreads)), ""]
     return lines
 
 

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from rupq.config import config_tree, load_config
+from rupq.config import load_config
 
 # As when bench/reproduce.py runs as a script: bench/ on the path, its parts the package `reproduction`.
 sys.path.insert(0, str(REPO / "bench"))
@@ -27,13 +26,6 @@ SCRIPT = REPO / "bench" / "reproduce.py"
 
 def load(derived):
     return load_config(derived.source, derived.overrides)
-
-
-def tree_of(derived) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "config.yaml"
-        path.write_text(derived.effective_text())
-        return config_tree(path)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -81,7 +73,7 @@ def test_mobilenet_v2_quantized_configs_keep_batchnorm_reestimation_and_the_laye
     derived = derive.classification_config("mobilenet_v2", "rupq", 2, size, 1, None)
     task = load(derived)["task"]
     assert [type(c).__name__ for c in task.callbacks] == ["BatchNormReestimationCallback"]
-    parser = tree_of(derived)["model_parser"]
+    parser = derive.load_config_tree_with(derived)["model_parser"]
     assert parser["input_bit_width"]["exceptions"] == {"features.0.0": 8}
     assert parser["half_wave"]["exceptions"]["features.18.0"] is False
     assert task.training_loop.dataset.train_subset == size.qat_train_subset
@@ -102,7 +94,7 @@ def test_sr_configs_renumber_the_per_block_exceptions_for_a_smaller_edsr(tmp_pat
     size = BUDGETS["cpu"].models["edsr"]
     blocks = size.model_kwargs["num_blocks"]
     derived = derive.sr_config("edsr", "rupq", 2, size, 0, tmp_path / "sr_demo")
-    parser = tree_of(derived)["model_parser"]
+    parser = derive.load_config_tree_with(derived)["model_parser"]
     half_wave = parser["half_wave"]["exceptions"]
     kept = sorted(int(n) for layer in half_wave for n in re.findall(r"body\.(\d+)\.conv_block", layer))
     assert kept == list(range(blocks))
@@ -121,7 +113,7 @@ def test_sr_configs_renumber_the_per_block_exceptions_for_a_smaller_edsr(tmp_pat
 def test_srresnet_configs_are_x4_with_the_paper_exceptions(tmp_path):
     size = BUDGETS["cpu"].models["srresnet"]
     derived = derive.sr_config("srresnet", "lsqplus", 4, size, 0, tmp_path / "sr_demo")
-    tree = tree_of(derived)
+    tree = derive.load_config_tree_with(derived)
     assert tree["task"]["training_loop"]["dataset"]["scale"] == 4
     assert tree["model_parser"]["input_bit_width"]["exceptions"] == {"conv1.0": 8, "conv3.0": 8}
     fp = load(derive.sr_config("srresnet", "fp", None, size, 0, tmp_path / "sr_demo"))["task"]
