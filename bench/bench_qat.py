@@ -14,6 +14,8 @@ background load hits them alike:
 - ``conv1 input quantizer frozen``: RUPQ w4a4 without gradients for the first layer's input
   step and offset, so that autograd skips conv1's input gradient (the images need none): the
   difference to RUPQ w4a4 is what that gradient costs, the most a first-layer shortcut could save;
+- ``weight quantizers only`` / ``input quantizers only``: RUPQ w4a4 with the other side's
+  quantizers swapped for ``nn.Identity`` (training only): where the quantized step's extra time goes;
 - ``FP compiled`` / ``RUPQ w4a4 compiled``: the whole model under ``torch.compile`` (the
   Task's ``compile: true``).
 
@@ -39,6 +41,7 @@ from bench.chain_reference import install_chain_reference
 from rupq.config import load_config
 from rupq.quantizers import MinErrorInitializer, initialize_quantizers
 from rupq.quantizers.compiled import quantize
+from rupq.quantizers.modules import QuantModule
 
 RECIPES = Path(__file__).resolve().parents[1] / "rupq" / "examples" / "quantized" / "classification" / "resnet18"
 TARGETS = {"train": 1.20, "train_compiled": 1.15, "eval": 1.10, "memory": 1.30, "init_s": 3.0}
@@ -48,6 +51,8 @@ NAMES = {
     "lsqplus": "LSQ+ w4a4 (compiled quantizers)",
     "rupq_eager": "RUPQ w4a4, eager formula",
     "rupq_no_input_grad": "RUPQ w4a4, conv1 input quantizer frozen",
+    "rupq_weights_only": "RUPQ w4a4, weight quantizers only",
+    "rupq_inputs_only": "RUPQ w4a4, input quantizers only",
     "reference": "chain-of-ops reference (RUPQ w4a4)",
     "fp_compiled": "FP compiled",
     "rupq_compiled": "RUPQ w4a4 compiled",
@@ -90,6 +95,11 @@ class Variant:
             install_chain_reference(self.model)
         if kind == "rupq_no_input_grad":
             self.model.conv1.quantizer.input_quantizer.requires_grad_(False)
+        if kind in ("rupq_weights_only", "rupq_inputs_only"):
+            removed = "input_quantizer" if kind == "rupq_weights_only" else "weight_quantizer"
+            for layer in self.model.modules():
+                if isinstance(layer, QuantModule):
+                    setattr(layer.quantizer, removed, torch.nn.Identity())
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         self.call = torch.compile(self.model, dynamic=True) if kind.endswith("_compiled") else self.model
 
@@ -235,6 +245,9 @@ def main() -> None:
               f"{first[kind]:10.1f} s  {note}")
     share = (train["rupq"] - train["rupq_no_input_grad"]) / train["rupq"]
     print(f"  conv1's input gradient (only for its input quantizer's step and offset): {share:.1%} of the RUPQ step")
+    extra = {side: train[f"rupq_{side}_only"] / train["fp"] - 1 for side in ("weights", "inputs")}
+    print(f"  extra time over FP eager: weight quantizers {extra['weights']:+.0%}, input quantizers {extra['inputs']:+.0%} "
+          f"(all of RUPQ: {train['rupq'] / train['fp'] - 1:+.0%})")
     print(f"\neval (no autograd){'':26s}{'median':>10s}{'vs FP eager':>13s}")
     for kind in eval_kinds:
         ratio = evaluation[kind] / evaluation["fp" if not kind.endswith("_compiled") else "fp_compiled"]

@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,14 @@ REPO = Path(__file__).resolve().parent.parent
 # compiling its graphs costs tens of seconds on a 2-core machine. The compiled path has its own
 # tests (tests/quantizers/formula_paths.py and the tests that use it).
 os.environ.setdefault("RUPQ_COMPILE", "0")
+
+# Inductor decides from the sizes of a graph's first call whether its loops are worth several
+# threads, and its on-disk cache does not key on sizes (the graphs have dynamic shapes): graphs
+# compiled here on tiny tensors would hand single-threaded kernels to every later training run on
+# this machine (up to 2x slower quantizers). The tests keep a cache of their own.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"torchinductor_rupq_tests_{os.getuid()}")
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
