@@ -154,6 +154,19 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+#: A training loop over ``*dataset`` (cross-entropy, top-1 accuracy) and the head of the ``!Task``
+#: that runs it: the common part of the tests' classification configs, which go on with the
+#: Task's other arguments. No braces, so it joins templates filled in with ``str.format``.
+CLASSIFICATION_LOOP_AND_TASK = """training_loop: &training_loop !TrainingLoop
+  dataset: *dataset
+  loss: !CrossEntropyLoss
+  train_metrics:
+    accuracy: !Accuracy
+  val_metrics:
+    accuracy: !Accuracy
+task: !Task
+  training_loop: *training_loop
+"""
 FASHION_FP_CONFIG = """
 dataset: &dataset !FashionMNISTDataloader
   batch_size: 16
@@ -165,16 +178,7 @@ optimizers: &optimizers
     scheduler:
       name: CosineAnnealingLR
       params: {{T_max: 8}}
-training_loop: &training_loop !TrainingLoop
-  dataset: *dataset
-  loss: !CrossEntropyLoss
-  train_metrics:
-    accuracy: !Accuracy
-  val_metrics:
-    accuracy: !Accuracy
-task: !Task
-  training_loop: *training_loop
-  epochs: {epochs}
+""" + CLASSIFICATION_LOOP_AND_TASK + """  epochs: {epochs}
   optimizers: *optimizers
   model_saver: {{monitor: val_accuracy, mode: max}}
 {model}"""

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, fashion_config, run_cli, write_config
+from conftest import CLASSIFICATION_LOOP_AND_TASK, REPO, fashion_config, run_cli, write_config
 from reliability_support import ONE_THREAD, one_error_line, run_main
 from rupq.dataloaders.base import EpochSampler
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint, save_atomic
@@ -78,16 +78,7 @@ optimizers: &optimizers
     scheduler:
       name: CosineAnnealingLR
       params: {{T_max: 32}}
-training_loop: &training_loop !TrainingLoop
-  dataset: *dataset
-  loss: !CrossEntropyLoss
-  train_metrics:
-    accuracy: !Accuracy
-  val_metrics:
-    accuracy: !Accuracy
-task: !Task
-  training_loop: *training_loop
-  epochs: 2
+""" + CLASSIFICATION_LOOP_AND_TASK + """  epochs: 2
   optimizers: *optimizers
   model_saver: {{monitor: val_accuracy, mode: max}}
   model_arch: small_resnet

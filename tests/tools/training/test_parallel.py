@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import tiny_models  # noqa: F401  (registers tiny_convnet)
-from conftest import REPO, run_main, write_config, write_tiny_fashion_mnist
+from conftest import CLASSIFICATION_LOOP_AND_TASK, REPO, run_main, write_config, write_tiny_fashion_mnist
 from rupq.config import load_config
 from rupq.errors import ConfigError
 from rupq.tools.training.parallel import Parallelism, choose_mode, setup_parallelism, torchrun_ranks
@@ -74,16 +74,7 @@ optimizers: &optimizers
     model_params_type: quant_input
     params: {{lr: 0.01}}
     scheduler: *schedule
-training_loop: &training_loop !TrainingLoop
-  dataset: *dataset
-  loss: !CrossEntropyLoss
-  train_metrics:
-    accuracy: !Accuracy
-  val_metrics:
-    accuracy: !Accuracy
-task: !Task
-  training_loop: *training_loop
-  epochs: {epochs}
+""" + CLASSIFICATION_LOOP_AND_TASK + """  epochs: {epochs}
   model_parser: *model_parser
   optimizers: *optimizers
   model_saver: {{monitor: val_accuracy, mode: max}}
