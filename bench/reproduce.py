@@ -96,9 +96,7 @@ class Plan:
         model, method, bits, _ = finished.key
         if self.args.no_ablations or method not in METHODS:
             return []
-        rows = [{"model": j.key[0], "method": j.key[1], "bits": j.key[2], "seed": j.key[3],
-                 "value": j.result[metric_of(j.key[0])]} for j in self.jobs if j.result is not None]
-        if not rupq_not_better(rows, model, bits, self.seeds(model)):
+        if not rupq_not_better(rows_of(self.jobs), model, bits, self.seeds(model)):
             return []
         rupq_jobs = {j.key[3]: j for j in self.jobs if j.key[:3] == (model, "rupq", bits)}
         new = [self.job(model, f"rupq:{name}", bits, seed, ablation_config(name, model, bits, rupq.derived), rupq.needs)

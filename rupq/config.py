@@ -492,11 +492,12 @@ def config_value_text(path, key: str) -> str:
     return _dump(flow_copy(node), {}, flow=True).strip().removesuffix("...").strip()
 
 
-def config_tree(path):
+def config_tree(path, overrides=()):
     """The config as plain data, no object built: a tagged object is the mapping of its arguments
-    (``{}`` when it has none). For scripts that derive configs from a config's values."""
+    (``{}`` when it has none), with ``overrides`` (``--set`` texts) applied. For scripts that derive
+    configs from a config's values."""
     path = Path(path)
-    loader, root = _compose(path, ())
+    loader, root = _compose(path, overrides)
     built: dict[int, object] = {}
 
     def plain(node):

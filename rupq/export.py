@@ -21,7 +21,13 @@ from collections import Counter
 from pathlib import Path
 
 # `import rupq` needs the package installed (`pip install -e .`, see the README), as for rupq/main.py.
-from rupq.deploy.integers import activation_grid, integer_checkpoint, quantized_layers, round_offsets_to_zero_points
+from rupq.deploy.integers import (
+    activation_grid,
+    codes_give_quantized_weight,
+    integer_checkpoint,
+    quantized_layers,
+    round_offsets_to_zero_points,
+)
 from rupq.deploy.onnx_graph import quantized_model_proto
 from rupq.deploy.verify import (
     compare,
@@ -156,9 +162,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def write_integer_checkpoint(model, arch: dict, input_size, args, out: Path, started: float) -> dict:
     """``--format torch``: the integer codes, scales and zero points, checked against PyTorch's quantized weights."""
-    import torch
-
-    from rupq.quantizers.compiled import quantize
     from rupq.tools.utils.checkpoint import save_atomic
 
     layers = quantized_layers(model)
@@ -167,10 +170,7 @@ def write_integer_checkpoint(model, arch: dict, input_size, args, out: Path, sta
     progress("[3/5] checking the codes: codes × scale equals PyTorch's quantized weight in every layer")
     for name, layer in layers.items():
         entry = content["layers"][name]
-        with torch.no_grad(), quantize.eagerly():
-            expected = layer.quantized_weight()
-        shape = [-1] + [1] * (expected.dim() - 1)
-        if not torch.equal(entry["weight_codes"].float() * entry["weight_scale"].view(shape), expected):
+        if not codes_give_quantized_weight(layer, entry["weight_codes"], entry["weight_scale"]):
             raise ExportError(f"layer '{name}': integer codes × scales differ from PyTorch's quantized weight")
     progress(f"[4/5] writing {out}")
     save_atomic(content, out)  # temporary file, fsync, rename: nothing half-written at --out

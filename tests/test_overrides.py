@@ -30,6 +30,15 @@ def test_dotted_paths_and_yaml_values():
     assert tree["model_parser"]["weight_bit_width"]["exceptions"] == {"conv1": 8, "fc": 6}
 
 
+def test_config_tree_with_overrides_is_the_tree_of_the_effective_config():
+    overrides = ["model_parser.input_bit_width.default=3", "task.training_loop.dataset.batch_size=8",
+                 "model_parser.wrappers.Conv2d.quantizer.input_quantizer.transformation="]
+    tree = config_tree(RUPQ_W4A4, overrides)
+    assert tree == config_tree(effective_path(RUPQ_W4A4, overrides))
+    assert tree["model_parser"]["input_bit_width"]["default"] == 3
+    assert tree["dataset"]["batch_size"] == 8 and tree["task"]["training_loop"]["dataset"] is tree["dataset"]
+
+
 def effective_path(path, overrides):
     """The effective config written to a file, as a run writes version_N/config.yaml."""
     target = Path(tempfile.mkdtemp()) / "config.yaml"

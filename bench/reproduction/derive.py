@@ -27,6 +27,10 @@ class DerivedRun:
         """What the run writes to ``version_N/config.yaml`` (compared to find a finished run to reuse)."""
         return effective_config_text(str(self.source), self.overrides)
 
+    def tree(self) -> dict:
+        """The effective config as plain data (``config_tree`` with the overrides applied)."""
+        return config_tree(self.source, self.overrides)
+
 
 def flow(value) -> str:
     """A Python value as a one-line YAML value (JSON is YAML)."""
@@ -185,20 +189,10 @@ def with_lsqplus_optimizers(model: str, bits: int, rupq: DerivedRun) -> list[str
     with the run's schedule length."""
     lsq = paper_config(model, "lsqplus", bits)
     optimizers = config_tree(lsq)["task"]["optimizers"]
-    schedule = load_config_tree_with(rupq)["task"]["optimizers"]
+    schedule = rupq.tree()["task"]["optimizers"]
     steps = next(entry["scheduler"]["params"]["T_max"] for entry in schedule.values()
                  if "T_max" in ((entry.get("scheduler") or {}).get("params") or {}))
     return [f"task.optimizers={flow(optimizers)}", *scaled_schedules(optimizers, steps, MODELS[model].paper_iterations, lsq)]
-
-
-def load_config_tree_with(derived: DerivedRun) -> dict:
-    """The plain tree of a derived config (its overrides applied), as ``config_tree`` gives for a file."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "config.yaml"
-        path.write_text(derived.effective_text())
-        return config_tree(path)
 
 
 # name -> (what the report calls it, overrides added to the RUPQ run's)

@@ -85,6 +85,19 @@ def weight_codes(layer, name: str) -> WeightCodes:
     return WeightCodes(codes.to(torch.int64), scale.flatten(), quantizer.bit_width)
 
 
+def codes_give_quantized_weight(layer, codes: "torch.Tensor", scale: "torch.Tensor") -> bool:
+    """Whether ``codes × scale`` (one scale per output channel, or one) is the layer's eval-mode
+    quantized weight bit for bit: the check of a file's weights against PyTorch's."""
+    import torch
+
+    from rupq.quantizers.compiled import quantize
+
+    with torch.no_grad(), quantize.eagerly():
+        expected = layer.quantized_weight()
+    shape = [-1] + [1] * (expected.dim() - 1)
+    return torch.equal(codes.float() * scale.reshape(shape), expected)
+
+
 def activation_grid(layer, name: str, integer_zero_point: bool) -> ActivationGrid:
     """The layer's input quantizer in eval mode: scale ``s'·σ_ema``, offset and integer range."""
     quantizer = layer.quantizer.input_quantizer

@@ -18,7 +18,15 @@ initializer, which is checked (a missing name is an :class:`ExportError`).
 
 import copy
 
-from rupq.deploy.integers import ActivationGrid, WeightCodes, activation_grid, float_twin, quantized_layers, weight_codes
+from rupq.deploy.integers import (
+    ActivationGrid,
+    WeightCodes,
+    activation_grid,
+    codes_give_quantized_weight,
+    float_twin,
+    quantized_layers,
+    weight_codes,
+)
 from rupq.errors import ExportError
 
 OPSET = 21  # the first opset with int4/uint4 QuantizeLinear/DequantizeLinear
@@ -200,17 +208,7 @@ def layers_whose_file_codes_differ(model, proto) -> list[str]:
     import torch
     from onnx import numpy_helper
 
-    from rupq.quantizers.compiled import quantize
-
-    stored = {init.name: init for init in proto.graph.initializer}
-    differing = []
-    for name, layer in quantized_layers(model).items():
-        codes = numpy_helper.to_array(stored[f"{name}.weight_codes"]).astype(np.float32)
-        scale = numpy_helper.to_array(stored[f"{name}.weight_scale"]).reshape([-1] + [1] * (codes.ndim - 1))
-        with torch.no_grad(), quantize.eagerly():
-            expected = layer.quantized_weight().numpy()
-        if not np.array_equal(codes * scale, expected):
-            differing.append(name)
-    return differing
-
-
+    stored = {init.name: torch.from_numpy(numpy_helper.to_array(init).astype(np.float32))
+              for init in proto.graph.initializer if init.name.endswith((".weight_codes", ".weight_scale"))}
+    return [name for name, layer in quantized_layers(model).items()
+            if not codes_give_quantized_weight(layer, stored[f"{name}.weight_codes"], stored[f"{name}.weight_scale"])]

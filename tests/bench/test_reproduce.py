@@ -73,7 +73,7 @@ def test_mobilenet_v2_quantized_configs_keep_batchnorm_reestimation_and_the_laye
     derived = derive.classification_config("mobilenet_v2", "rupq", 2, size, 1, None)
     task = load(derived)["task"]
     assert [type(c).__name__ for c in task.callbacks] == ["BatchNormReestimationCallback"]
-    parser = derive.load_config_tree_with(derived)["model_parser"]
+    parser = derived.tree()["model_parser"]
     assert parser["input_bit_width"]["exceptions"] == {"features.0.0": 8}
     assert parser["half_wave"]["exceptions"]["features.18.0"] is False
     assert task.training_loop.dataset.train_subset == size.qat_train_subset
@@ -94,7 +94,7 @@ def test_sr_configs_renumber_the_per_block_exceptions_for_a_smaller_edsr(tmp_pat
     size = BUDGETS["cpu"].models["edsr"]
     blocks = size.model_kwargs["num_blocks"]
     derived = derive.sr_config("edsr", "rupq", 2, size, 0, tmp_path / "sr_demo")
-    parser = derive.load_config_tree_with(derived)["model_parser"]
+    parser = derived.tree()["model_parser"]
     half_wave = parser["half_wave"]["exceptions"]
     kept = sorted(int(n) for layer in half_wave for n in re.findall(r"body\.(\d+)\.conv_block", layer))
     assert kept == list(range(blocks))
@@ -113,7 +113,7 @@ def test_sr_configs_renumber_the_per_block_exceptions_for_a_smaller_edsr(tmp_pat
 def test_srresnet_configs_are_x4_with_the_paper_exceptions(tmp_path):
     size = BUDGETS["cpu"].models["srresnet"]
     derived = derive.sr_config("srresnet", "lsqplus", 4, size, 0, tmp_path / "sr_demo")
-    tree = derive.load_config_tree_with(derived)
+    tree = derived.tree()
     assert tree["task"]["training_loop"]["dataset"]["scale"] == 4
     assert tree["model_parser"]["input_bit_width"]["exceptions"] == {"conv1.0": 8, "conv3.0": 8}
     fp = load(derive.sr_config("srresnet", "fp", None, size, 0, tmp_path / "sr_demo"))["task"]
