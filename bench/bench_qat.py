@@ -16,6 +16,11 @@ background load hits them alike:
   difference to RUPQ w4a4 is what that gradient costs, the most a first-layer shortcut could save;
 - ``weight quantizers only`` / ``input quantizers only``: RUPQ w4a4 with the other side's
   quantizers swapped for ``nn.Identity`` (training only): where the quantized step's extra time goes;
+- ``quantizers return x`` / ``quantizers return x·s``: every quantizer of the RUPQ w4a4 model
+  swapped for ``nn.Identity`` (the quantized layers' own cost) or for an eager multiplication by
+  its step (the least autograd work that any quantizer with a learnable step adds: one pass over
+  every weight and activation forward, the step's gradient backward, and conv1's input
+  gradient); training only;
 - ``FP compiled`` / ``RUPQ w4a4 compiled``: the whole model under ``torch.compile`` (the
   Task's ``compile: true``).
 
@@ -53,6 +58,8 @@ NAMES = {
     "rupq_no_input_grad": "RUPQ w4a4, conv1 input quantizer frozen",
     "rupq_weights_only": "RUPQ w4a4, weight quantizers only",
     "rupq_inputs_only": "RUPQ w4a4, input quantizers only",
+    "rupq_identity": "RUPQ w4a4 layers, quantizers return x",
+    "rupq_times_step": "RUPQ w4a4 layers, quantizers return x*s",
     "reference": "chain-of-ops reference (RUPQ w4a4)",
     "fp_compiled": "FP compiled",
     "rupq_compiled": "RUPQ w4a4 compiled",
@@ -95,11 +102,16 @@ class Variant:
             install_chain_reference(self.model)
         if kind == "rupq_no_input_grad":
             self.model.conv1.quantizer.input_quantizer.requires_grad_(False)
-        if kind in ("rupq_weights_only", "rupq_inputs_only"):
-            removed = "input_quantizer" if kind == "rupq_weights_only" else "weight_quantizer"
-            for layer in self.model.modules():
-                if isinstance(layer, QuantModule):
-                    setattr(layer.quantizer, removed, torch.nn.Identity())
+        replaced = {
+            "rupq_weights_only": ["input_quantizer"],
+            "rupq_inputs_only": ["weight_quantizer"],
+            "rupq_identity": ["input_quantizer", "weight_quantizer"],
+            "rupq_times_step": ["input_quantizer", "weight_quantizer"],
+        }.get(kind, [])
+        for layer in self.model.modules():
+            for role in replaced if isinstance(layer, QuantModule) else []:
+                step = getattr(layer.quantizer, role).step
+                setattr(layer.quantizer, role, MultiplyByStep(step) if kind == "rupq_times_step" else torch.nn.Identity())
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         self.call = torch.compile(self.model, dynamic=True) if kind.endswith("_compiled") else self.model
 
@@ -117,6 +129,17 @@ class Variant:
     @torch.no_grad()
     def evaluate(self) -> None:
         self._forward()
+
+
+class MultiplyByStep(torch.nn.Module):
+    """``x · s`` with a quantizer's step ``s``: what every quantizer with a learnable step costs at least."""
+
+    def __init__(self, step: torch.nn.Parameter):
+        super().__init__()
+        self.step = step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.step
 
 
 def _timed(function, device: str) -> float:
@@ -248,6 +271,8 @@ def main() -> None:
     extra = {side: train[f"rupq_{side}_only"] / train["fp"] - 1 for side in ("weights", "inputs")}
     print(f"  extra time over FP eager: weight quantizers {extra['weights']:+.0%}, input quantizers {extra['inputs']:+.0%} "
           f"(all of RUPQ: {train['rupq'] / train['fp'] - 1:+.0%})")
+    print(f"  quantizers returning x add {train['rupq_identity'] / train['fp'] - 1:+.0%}, returning x*s "
+          f"{train['rupq_times_step'] / train['fp'] - 1:+.0%}: the least a learnable step costs at this size")
     print(f"\neval (no autograd){'':26s}{'median':>10s}{'vs FP eager':>13s}")
     for kind in eval_kinds:
         ratio = evaluation[kind] / evaluation["fp" if not kind.endswith("_compiled") else "fp_compiled"]
