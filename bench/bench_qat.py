@@ -110,8 +110,8 @@ class Variant:
         }.get(kind, [])
         for layer in self.model.modules():
             for role in replaced if isinstance(layer, QuantModule) else []:
-                step = getattr(layer.quantizer, role).step
-                setattr(layer.quantizer, role, MultiplyByStep(step) if kind == "rupq_times_step" else torch.nn.Identity())
+                quantizer = getattr(layer.quantizer, role)
+                setattr(layer.quantizer, role, MultiplyByStep(quantizer.step) if kind == "rupq_times_step" else torch.nn.Identity())
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         self.call = torch.compile(self.model, dynamic=True) if kind.endswith("_compiled") else self.model
 
