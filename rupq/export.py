@@ -78,8 +78,6 @@ def load_model(checkpoint: Path, config_path: Path):
     return model.eval(), task
 
 
-
-
 # ---- inputs ---------------------------------------------------------------------------------
 
 def default_input_size(dataset) -> tuple[int, int, int] | None:

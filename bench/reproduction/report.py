@@ -324,8 +324,6 @@ def seed_commands() -> list[str]:
     return lines
 
 
-
-
 def shown(path: Path) -> str:
     """A path as the reader can use it: relative to the working folder when it is inside it."""
     try:
