@@ -20,8 +20,8 @@ channel: the leading dim), an optional offset ``o`` and the integer range ``[n, 
 midpoint (the division is done once instead of twice).
 
 Gradients (the straight-through estimator, dq/dt = 1; ``μ`` = 1 strictly inside ``(n, p)``,
-1/2 exactly on a bound — as ``torch.clamp`` with tensor bounds splits it in the original RUPQ
-code —, 0 outside; sums run over the elements that share a step, σ or offset)::
+1/2 exactly on a bound as SPEC §1 asks, 0 outside; sums run over the elements that share a step,
+σ or offset)::
 
     dL/dx = g_out · μ  +  dL/dstd · (x - o - mean) / ((N - 1) · std)     (N elements per std)
     dL/dc = Σ g_out · (q - μ t)          →  dL/ds' = σ · dL/dc,   dL/dσ = s' · dL/dc
@@ -30,6 +30,10 @@ code —, 0 outside; sums run over the elements that share a step, σ or offset)
 
 (With one offset per std, as in every recipe, ``std(x - o) = std(x)`` and the offset gets no
 gradient through σ.)
+
+The 1/2 on a bound is what ``torch.clamp`` with tensor bounds, the original RUPQ code's clamp,
+passes from torch 2.14 on (pytorch/pytorch#191142); torch 2.13 and earlier pass all of it. ``μ``
+is written out here, so the formula gives SPEC §1's gradient on every torch release.
 
 The grid is one autograd function (:class:`_LsqGrid`) with the backward above, so that it
 keeps only ``x`` (alive anyway: a weight, or the previous layer's output) and recomputes ``t``;

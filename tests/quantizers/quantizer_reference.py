@@ -1,10 +1,9 @@
 """The slow, obviously-correct oracle: SPEC §1 written as a chain of elementary torch ops.
 
 Every path of :mod:`rupq.quantizers.fake_quantize` (eager and compiled) is checked against
-these functions. They follow the original
-implementation literally: ``torch.std``, ``torch.clamp`` with tensor bounds (half the gradient
-on a bound), the ``(s - s g).detach() + s g`` gradient scale and the ``(round(v) - v).detach() + v``
-straight-through estimator.
+these functions. They follow the original implementation literally: ``torch.std``, the clamp
+(half the gradient on a bound, :func:`clamp_half_on_bounds`), the ``(s - s g).detach() + s g``
+gradient scale and the ``(round(v) - v).detach() + v`` straight-through estimator.
 """
 
 import math
@@ -14,13 +13,28 @@ import torch
 from torch import nn
 
 
+def clamp_half_on_bounds(v, negative_clip, positive_clip):
+    """``clamp(v, n, p)`` whose gradient is 1 strictly inside ``(n, p)``, 1/2 exactly on a bound
+    and 0 outside (SPEC §1).
+
+    The original code gets the 1/2 from ``torch.clamp`` with tensor bounds, but that gradient
+    depends on the torch release: 2.14 splits it on a bound (pytorch/pytorch#191142), 2.13 and
+    earlier — 2.11 on the GPU machines among them — pass all of it. The rule is therefore
+    written out: the mean of a clamp that passes the gradient on a bound and one that does not,
+    both equal to ``torch.clamp`` in the forward pass.
+    """
+    clamped = torch.clamp(v, negative_clip, positive_clip).detach()
+    passes_on_bounds = torch.where((v >= negative_clip) & (v <= positive_clip), v, clamped)
+    stops_on_bounds = torch.where((v > negative_clip) & (v < positive_clip), v, clamped)
+    return (passes_on_bounds + stops_on_bounds) / 2
+
+
 def reference_grid(x, step, negative_clip, positive_clip):
     """LSQ grid: ``clamp(x / s', n, p)``, rounded with a straight-through estimator, times ``s'``."""
     grad_scale = 1.0 / math.sqrt(positive_clip * x.numel() / step.numel())
     scaled = step * grad_scale
     step = (step - scaled).detach() + scaled
-    v = x / step
-    v = torch.clamp(v, torch.tensor(negative_clip, device=x.device), torch.tensor(positive_clip, device=x.device))
+    v = clamp_half_on_bounds(x / step, negative_clip, positive_clip)
     q = (v.round() - v).detach() + v
     return q * step
 

@@ -23,7 +23,7 @@ def edit(old: str, new: str, text: str = BASE) -> str:
 # (name, config text, --load or None, the needle of the line the error must name, message after "FILE:LINE: ")
 LOAD_TIME = [
     ("unknown tag", edit("!CrossEntropyLoss", "!CrossEntropyLos"), "!CrossEntropyLos",
-     "unknown tag !CrossEntropyLos; did you mean !CrossEntropyLoss,"),
+     "unknown tag !CrossEntropyLos; did you mean !CrossEntropyLoss"),  # torch 2.14 has more near names
     ("unexpected argument", edit("  batch_size: 16", "  batch_sise: 16"), "!FashionMNISTDataloader",
      "!FashionMNISTDataloader: unexpected argument 'batch_sise'; accepted: batch_size, num_workers, root, "
      "train_subset, val_subset, augment"),
