@@ -243,19 +243,31 @@ def main() -> None:
     batch, size = _shape(args.device)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"resnet18, batch {batch}, {size}x{size}, fp32, {device_name}, torch {torch.__version__}; "
-          f"medians of {args.steps} steps after {args.warmup} warm-up")
+          f"medians of {args.steps} steps after {args.warmup} warm-up", flush=True)
+    # Each part is printed as soon as it is measured: a run stopped by a time limit keeps what it had.
     init_total, init_min_error = initialization_seconds(args.device, images)
+    print(f"\ninitialize_quantizers (RUPQ w4a4, all 42 quantizers): {init_total:.2f} s, "
+          f"of which MinErrorInitializer {init_min_error:.2f} s  {_verdict(init_min_error, TARGETS['init_s'])}", flush=True)
 
     variants = {kind: Variant(kind, args.device, images, labels) for kind in NAMES}
     for variant in variants.values():
         variant.model.train()
     train, first = interleaved_medians({k: v.step for k, v in variants.items()}, args.device, args.steps, args.warmup)
+    print_training(train, first)
     eval_kinds = ["fp", "rupq", "lsqplus", "fp_compiled", "rupq_compiled"]
     for kind in eval_kinds:
         variants[kind].model.eval()
     evaluation, _ = interleaved_medians({k: variants[k].evaluate for k in eval_kinds}, args.device, args.steps, args.warmup)
-    memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
+    print_eval(evaluation, eval_kinds)
 
+    memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
+    unit = "max RSS" if args.device == "cpu" else "max allocated"
+    ratio = memory["rupq"] / memory["fp"]
+    print(f"\npeak memory ({unit}): FP {memory['fp'] / 2**20:.0f} MiB, RUPQ w4a4 {memory['rupq'] / 2**20:.0f} MiB, "
+          f"ratio {ratio:.2f}  {_verdict(ratio, TARGETS['memory'])}", flush=True)
+
+
+def print_training(train: dict, first: dict) -> None:
     print(f"\ntraining step{'':31s}{'median':>10s}{'vs FP eager':>13s}{'vs FP compiled':>16s}   first step")
     for kind, label in NAMES.items():
         against_fp, against_compiled = train[kind] / train["fp"], train[kind] / train["fp_compiled"]
@@ -272,19 +284,16 @@ def main() -> None:
     print(f"  extra time over FP eager: weight quantizers {extra['weights']:+.0%}, input quantizers {extra['inputs']:+.0%} "
           f"(all of RUPQ: {train['rupq'] / train['fp'] - 1:+.0%})")
     print(f"  quantizers returning x add {train['rupq_identity'] / train['fp'] - 1:+.0%}, returning x*s "
-          f"{train['rupq_times_step'] / train['fp'] - 1:+.0%}: the least a learnable step costs at this size")
+          f"{train['rupq_times_step'] / train['fp'] - 1:+.0%}: the least a learnable step costs at this size", flush=True)
+
+
+def print_eval(evaluation: dict, eval_kinds: list[str]) -> None:
     print(f"\neval (no autograd){'':26s}{'median':>10s}{'vs FP eager':>13s}")
     for kind in eval_kinds:
         ratio = evaluation[kind] / evaluation["fp" if not kind.endswith("_compiled") else "fp_compiled"]
         note = _verdict(ratio, TARGETS["eval"]) if kind == "rupq" else ""
         reference = "FP compiled" if kind.endswith("_compiled") else "FP eager"
-        print(f"  {NAMES[kind]:42s}{evaluation[kind] * 1e3:8.1f} ms{ratio:12.2f} (vs {reference})  {note}")
-    print(f"\ninitialize_quantizers (RUPQ w4a4, all 42 quantizers): {init_total:.2f} s, "
-          f"of which MinErrorInitializer {init_min_error:.2f} s  {_verdict(init_min_error, TARGETS['init_s'])}")
-    unit = "max RSS" if args.device == "cpu" else "max allocated"
-    ratio = memory["rupq"] / memory["fp"]
-    print(f"peak memory ({unit}): FP {memory['fp'] / 2**20:.0f} MiB, RUPQ w4a4 {memory['rupq'] / 2**20:.0f} MiB, "
-          f"ratio {ratio:.2f}  {_verdict(ratio, TARGETS['memory'])}")
+        print(f"  {NAMES[kind]:42s}{evaluation[kind] * 1e3:8.1f} ms{ratio:12.2f} (vs {reference})  {note}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,25 +9,33 @@
 #      28×28 images, global batch = per-GPU batch × N, one epoch of --steps iterations and one
 #      validation batch (steps / time_s of results.json: warm-up step and validation included).
 #
-# Usage: scripts/gpu_check.sh [--steps 50] [--batch_per_gpu 256] [--workdir DIR] [--dry-run [--gpus N]]
+# Usage: scripts/gpu_check.sh [--only tests,bench,parallel] [--steps 50] [--batch_per_gpu 256]
+#                            [--workdir DIR] [--dry-run [--gpus N]]
+#   --only     run these of the three parts (1: tests, 2: bench, 3: parallel; default all), e.g.
+#              one per call where a machine's command time is limited;
 #   --dry-run  write the data and config, print the commands, run nothing (needs no GPU);
 #              --gpus N pretends N GPUs are visible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A GPU machine starts bare: the checkout itself is the `rupq` package (nothing pip-installed).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1  # lines reach a log as they are printed, also from a run stopped by a time limit
 
 steps=50
 batch_per_gpu=256
 workdir=""
 dry_run=0
 gpus=""
+parts="tests,bench,parallel"
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --only) parts="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
     --batch_per_gpu) batch_per_gpu="$2"; shift 2 ;;
     --workdir) workdir="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     --gpus) gpus="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,6 +43,11 @@ for value in "$steps" "$batch_per_gpu" ${gpus:+"$gpus"}; do
   [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check: '$value' is not a positive integer" >&2; exit 2; }
 done
 [[ -z "$gpus" || $dry_run == 1 ]] || { echo "gpu_check: --gpus only goes with --dry-run" >&2; exit 2; }
+IFS=, read -ra selected <<< "$parts"
+for part in "${selected[@]}"; do
+  [[ "$part" =~ ^(tests|bench|parallel)$ ]] || { echo "gpu_check: --only '$part': expected tests, bench or parallel" >&2; exit 2; }
+done
+wanted() { [[ ",$parts," == *",$1,"* ]]; }
 
 python=${PYTHON:-python3}
 if [[ -z "$gpus" ]]; then
@@ -89,26 +102,27 @@ distributed=("$python" -m torch.distributed.run --standalone --nproc_per_node "$
 cuda_tests=("$python" -m pytest -q -p no:cacheprovider tests/quantizers/test_cuda.py)
 benchmark=("$python" -m bench.bench_qat --device cuda --steps 20)
 
-echo "gpu_check: $gpus GPU(s) ($gpu_list), global batch $batch, $steps steps, work folder $workdir"
+echo "gpu_check: $gpus GPU(s) ($gpu_list), global batch $batch, $steps steps, work folder $workdir, parts $parts"
 if [[ $dry_run == 1 ]]; then
-  echo "DataParallel: ${data_parallel[*]}"
-  echo "DDP: ${distributed[*]}"
-  echo "CUDA formula: ${cuda_tests[*]}"
-  echo "benchmark: ${benchmark[*]}"
+  wanted tests && echo "CUDA formula: ${cuda_tests[*]}"
+  wanted bench && echo "benchmark: ${benchmark[*]}"
+  wanted parallel && echo "DataParallel: ${data_parallel[*]}" && echo "DDP: ${distributed[*]}"
   exit 0
 fi
 
-RUPQ_COMPILE=1 "${cuda_tests[@]}"
-"${benchmark[@]}"
+if wanted tests; then RUPQ_COMPILE=1 "${cuda_tests[@]}"; fi
+if wanted bench; then "${benchmark[@]}"; fi
 
 steps_per_second() {  # the newest run under $1
   local results
   results=$(ls -d "$1"/version_* | sort -t_ -k2 -n | tail -1)/results.json
   "$python" -c "import json, sys; print(f'{$steps / json.load(open(sys.argv[1]))[\"time_s\"]:.2f}')" "$results"
 }
-"${data_parallel[@]}"
-dp_speed=$(steps_per_second "$workdir/data_parallel")
-"${distributed[@]}"
-ddp_speed=$(steps_per_second "$workdir/distributed")
-echo "gpu_check: DataParallel over $gpus GPU(s): $dp_speed steps/s"
-echo "gpu_check: DDP (torchrun, $gpus processes): $ddp_speed steps/s"
+if wanted parallel; then
+  "${data_parallel[@]}"
+  dp_speed=$(steps_per_second "$workdir/data_parallel")
+  "${distributed[@]}"
+  ddp_speed=$(steps_per_second "$workdir/distributed")
+  echo "gpu_check: DataParallel over $gpus GPU(s): $dp_speed steps/s"
+  echo "gpu_check: DDP (torchrun, $gpus processes): $ddp_speed steps/s"
+fi

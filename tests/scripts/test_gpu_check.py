@@ -31,16 +31,34 @@ def test_bad_arguments_are_one_line_errors():
     assert gpu_check("--steps", "0").stderr.strip() == "gpu_check: '0' is not a positive integer"
     assert gpu_check("--gpus", "2").stderr.strip() == "gpu_check: --gpus only goes with --dry-run"
     assert gpu_check("--fast").returncode == 2
+    only = gpu_check("--only", "tests,benchmark")
+    assert (only.returncode, only.stderr.strip()) == (2, "gpu_check: --only 'benchmark': expected tests, bench or parallel")
 
 
-def test_dry_run_prints_both_modes_and_its_config_trains(tmp_path):
+def commands(stdout: str) -> dict:
+    """``{"DataParallel": command, …}`` from a dry run's lines ``NAME: COMMAND``."""
+    return dict(line.split(": ", 1) for line in stdout.strip().splitlines()[1:])
+
+
+def test_only_runs_the_parts_it_names(tmp_path):
+    result = gpu_check("--dry-run", "--gpus", "1", "--only", "parallel", "--workdir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list(commands(result.stdout)) == ["DataParallel", "DDP"]
+    result = gpu_check("--dry-run", "--gpus", "1", "--only", "tests,bench", "--workdir", tmp_path)
+    assert list(commands(result.stdout)) == ["CUDA formula", "benchmark"]
+
+
+def test_dry_run_prints_every_part_and_its_config_trains(tmp_path):
     result = gpu_check("--dry-run", "--gpus", "2", "--steps", "2", "--batch_per_gpu", "4", "--workdir", tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == f"gpu_check: 2 GPU(s) (0,1), global batch 8, 2 steps, work folder {tmp_path}"
+    assert lines[0] == (f"gpu_check: 2 GPU(s) (0,1), global batch 8, 2 steps, work folder {tmp_path}, "
+                        "parts tests,bench,parallel")
+    printed = commands(result.stdout)
+    assert list(printed) == ["CUDA formula", "benchmark", "DataParallel", "DDP"]
     config = tmp_path / "config.yaml"
-    assert lines[1].endswith(f"rupq/main.py --config {config} --logdir {tmp_path}/data_parallel --gpu 0,1")
-    assert lines[2].endswith(
+    assert printed["DataParallel"].endswith(f"rupq/main.py --config {config} --logdir {tmp_path}/data_parallel --gpu 0,1")
+    assert printed["DDP"].endswith(
         f"-m torch.distributed.run --standalone --nproc_per_node 2 rupq/main.py --config {config} "
         f"--logdir {tmp_path}/distributed --gpu 0,1"
     )
@@ -48,7 +66,7 @@ def test_dry_run_prints_both_modes_and_its_config_trains(tmp_path):
     assert task.training_loop.dataset.batch_size == 8 and task.model_arch == "small_resnet" and task.epochs == 1
     assert task.model_parser is not None
     # The DataParallel command as printed (on the CPU it says so and trains on one device).
-    trained = run_cli(*lines[1].split(" rupq/main.py ", 1)[1].split())
+    trained = run_cli(*printed["DataParallel"].split(" rupq/main.py ", 1)[1].split())
     assert trained.returncode == 0, trained.stderr
     assert "--gpu 0,1: CUDA is not available, running on the CPU" in trained.stdout
     assert (tmp_path / "data_parallel/version_0/results.json").is_file()
