@@ -1,9 +1,9 @@
 """The slow, obviously-correct oracle: SPEC §1 written as a chain of elementary torch ops.
 
 Every path of :mod:`rupq.quantizers.fake_quantize` (eager and compiled) is checked against
-these functions. They follow the original implementation literally: ``torch.std``, the clamp
-(half the gradient on a bound, :func:`clamp_half_on_bounds`), the ``(s - s g).detach() + s g``
-gradient scale and the ``(round(v) - v).detach() + v`` straight-through estimator.
+these functions. They follow the original implementation step by step: ``torch.std``, the clamp
+with SPEC's half gradient on a bound (:func:`clamp_half_on_bounds`), the ``(s - s g).detach() +
+s g`` gradient scale and the ``(round(v) - v).detach() + v`` straight-through estimator.
 """
 
 import math
