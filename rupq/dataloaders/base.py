@@ -71,6 +71,26 @@ def ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+class WorkerSafeDataLoader(DataLoader):
+    """A ``DataLoader`` whose worker processes are shut down as soon as iterating it raises
+    (a worker's :class:`DataError`, Ctrl-C), before the error goes on.
+
+    Left to the garbage collector, the iterator of a failed epoch is finalized in one sweep with
+    its queues, whose feeder threads then close pipes already closed: on Python 3.12, a
+    ``QueueFeederThread`` traceback after the one-line error. Shutting down here keeps torch's order.
+    """
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        try:
+            yield from iterator
+        except BaseException:
+            shutdown = getattr(iterator, "_shutdown_workers", None)  # iterators with worker processes
+            if shutdown is not None:
+                shutdown()
+            raise
+
+
 def load_rgb_image(path) -> Image.Image:
     """An image file as an RGB PIL image; an unreadable or corrupt file raises :class:`DataError` naming it."""
     try:
@@ -244,7 +264,7 @@ class DataModule:
         return self.batch_size // self.world_size
 
     def _loader(self, dataset, sampler, seed) -> DataLoader:
-        return DataLoader(
+        return WorkerSafeDataLoader(
             dataset,
             batch_size=self.local_batch_size,
             sampler=sampler,

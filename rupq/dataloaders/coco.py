@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from tqdm import tqdm
 
-from rupq.dataloaders.base import DataModule, load_rgb_image
+from rupq.dataloaders.base import DataModule, WorkerSafeDataLoader, load_rgb_image
 from rupq.dataloaders.transforms.detection import DetectionAugmentation, letterbox
 from rupq.errors import DataError
 
@@ -243,7 +243,7 @@ class COCODataloader(DataModule):
         batches = MultiscaleBatchSampler(
             loader.sampler, self.local_batch_size, multiscale_sizes(self.image_size), seed, epoch, start_batch
         )
-        return DataLoader(
+        return WorkerSafeDataLoader(
             loader.dataset,
             batch_sampler=batches,
             num_workers=loader.num_workers,

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from rupq.dataloaders.base import DataModule, EpochSampler
+from rupq.dataloaders.base import DataModule, EpochSampler, WorkerSafeDataLoader
 from rupq.dataloaders.transforms.superresolution import random_aligned_crop, random_dihedral, to_tensor
 from rupq.errors import DataError
 
@@ -193,7 +193,7 @@ class SuperResolutionDataModule(DataModule):
 
     def val_dataloader(self) -> DataLoader:
         sampler = EpochSampler(len(self.val_dataset), shuffle=False, rank=self.rank, world_size=self.world_size, pad=False)
-        return DataLoader(
+        return WorkerSafeDataLoader(
             self.val_dataset, batch_size=1, sampler=sampler, num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )

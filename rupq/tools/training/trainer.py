@@ -36,24 +36,6 @@ class NonFiniteLoss(RupqError):
     """The loss became NaN or infinite: training stops instead of learning garbage."""
 
 
-def batches(loader):
-    """The batches of ``loader``; if a DataLoader worker raises, its worker processes are shut
-    down before the error goes on.
-
-    Left to the garbage collector, the iterator of a failed epoch is finalized in one sweep with
-    its queues, whose feeder threads then close pipes already closed: on Python 3.12, a
-    ``QueueFeederThread`` traceback after the error line. Shutting down here keeps torch's order.
-    """
-    iterator = iter(loader)
-    try:
-        yield from iterator
-    except BaseException:
-        shutdown = getattr(iterator, "_shutdown_workers", None)  # DataLoader iterators with workers
-        if shutdown is not None:
-            shutdown()
-        raise
-
-
 def rng_state() -> dict:
     numpy_state = np.random.get_state()
     return {
@@ -319,7 +301,7 @@ class Trainer:
         self._call("on_train_epoch_start")
         loader = loop.dataset.train_dataloader(epoch=self.epoch, start_batch=start_batch, seed=self.seed)
         progress = tqdm(
-            batches(loader),
+            loader,
             desc=f"epoch {self.epoch + 1}/{self.epochs} train",
             total=self._batches(loader),
             disable=not self.is_main,
@@ -431,12 +413,12 @@ class Trainer:
             metric.reset()
         loader = loop.dataset.val_dataloader()
         progress = tqdm(
-            batches(loader), desc=f"epoch {self.epoch + 1}/{self.epochs} val", total=self._batches(loader),
+            loader, desc=f"epoch {self.epoch + 1}/{self.epochs} val", total=self._batches(loader),
             disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False,
         )
         loss_sum, steps = 0.0, 0
-        # A plain loop with a break, not itertools.islice: no wrapper but batches() may hold the
-        # loader's iterator, so that its workers shut down in order.
+        # A plain loop with a break, not itertools.islice: an error raised by a DataLoader worker
+        # must leave no wrapper holding the loader's iterator (its workers shut down in order).
         for index, batch in enumerate(progress):
             if index == self.limit_batches:
                 break
