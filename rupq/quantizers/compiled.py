@@ -8,6 +8,8 @@ where compiling fails (no C++ compiler), runs the same function eagerly after on
 """
 
 import contextlib
+import contextvars
+import inspect
 import os
 import warnings
 
@@ -60,16 +62,16 @@ class CompiledFormula:
         if self.enabled is None:
             self.enabled = _compile_enabled()
         if self.enabled and self.compiled is None:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.RECOMPILE_LIMIT)
-            # Without duck sizing, an image whose height equals its width compiles the same graph
-            # as any other (sizes that happen to be equal are not assumed to stay equal). Set for
-            # the process: a context manager around each call would cost ~10 µs per quantizer.
-            torch.fx.experimental._config.use_duck_shape = False
-            self.compiled = torch.compile(fake_quantize, dynamic=True)
+            self.compiled = torch.compile(fake_quantize, dynamic=True, **_PER_COMPILE_LIMIT)
         if not self.enabled:
             return fake_quantize(*args, **kwargs)
         try:
-            return self.compiled(*args, **kwargs)
+            # A copy of the caller's context: torch keeps its compiler settings in context variables
+            # (per thread), so what the call sets holds for this call only, in whichever thread runs
+            # it (nn.DataParallel's replicas run in threads of their own), and the caller's settings
+            # stay as they were. A few µs a call; changing torch._dynamo.config around each call
+            # instead costs tens of µs (measured ~40), hence torch.compile's own recompile limit.
+            return contextvars.copy_context().run(_call_with_settings, self.compiled, self.RECOMPILE_LIMIT, args, kwargs)
         except Exception as error:
             if not _is_compiler_failure(error):
                 raise
@@ -80,6 +82,49 @@ class CompiledFormula:
                 stacklevel=2,
             )
             return fake_quantize(*args, **kwargs)
+
+
+#: torch.compile's own recompile limit (torch 2.12 and later) holds for this compiled function in
+#: every thread, without touching dynamo's configuration.
+_PER_COMPILE_LIMIT = (
+    {"recompile_limit": CompiledFormula.RECOMPILE_LIMIT}
+    if "recompile_limit" in inspect.signature(torch.compile).parameters else {}
+)
+
+
+def _settings_per_context() -> bool:
+    """Whether torch keeps compiler settings per context (torch 2.14: per thread), rather than per process."""
+    config = torch.fx.experimental._config
+    before = config.use_duck_shape
+    contextvars.copy_context().run(setattr, config, "use_duck_shape", not before)
+    per_context = config.use_duck_shape == before
+    if not per_context:  # the probe changed it for the process
+        config.use_duck_shape = before
+    return per_context
+
+
+_SETTINGS_PER_CONTEXT = _settings_per_context()
+
+
+def _call_with_settings(compiled, recompile_limit: int, args, kwargs):
+    """``compiled(*args, **kwargs)`` with the settings its compiling needs; run in a copy of the
+    caller's context, which confines them where torch keeps them per context, and restored after
+    the call where it keeps them per process."""
+    # Without duck sizing, an image whose height equals its width compiles the same graph as any
+    # other (sizes that happen to be equal are not assumed to stay equal).
+    settings = [(torch.fx.experimental._config, "use_duck_shape", False)]
+    if not _PER_COMPILE_LIMIT:
+        limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+        settings.append((torch._dynamo.config, "recompile_limit", limit))
+    # Where torch keeps them per context, nothing to restore: the context copy is dropped.
+    saved = [] if _SETTINGS_PER_CONTEXT else [(config, name, getattr(config, name)) for config, name, _ in settings]
+    for config, name, value in settings:
+        setattr(config, name, value)
+    try:
+        return compiled(*args, **kwargs)
+    finally:
+        for config, name, value in saved:
+            setattr(config, name, value)
 
 
 def _is_compiler_failure(error: Exception) -> bool:
