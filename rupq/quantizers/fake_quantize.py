@@ -20,8 +20,7 @@ channel: the leading dim), an optional offset ``o`` and the integer range ``[n, 
 midpoint (the division is done once instead of twice).
 
 Gradients (the straight-through estimator, dq/dt = 1; ``μ`` = 1 strictly inside ``(n, p)``,
-1/2 exactly on a bound as SPEC §1 asks, 0 outside; sums run over the elements that share a step,
-σ or offset)::
+``μ_b`` exactly on a bound, 0 outside; sums run over the elements that share a step, σ or offset)::
 
     dL/dx = g_out · μ  +  dL/dstd · (x - o - mean) / ((N - 1) · std)     (N elements per std)
     dL/dc = Σ g_out · (q - μ t)          →  dL/ds' = σ · dL/dc,   dL/dσ = s' · dL/dc
@@ -31,9 +30,19 @@ Gradients (the straight-through estimator, dq/dt = 1; ``μ`` = 1 strictly inside
 (With one offset per std, as in every recipe, ``std(x - o) = std(x)`` and the offset gets no
 gradient through σ.)
 
-The 1/2 on a bound is what ``torch.clamp`` with tensor bounds, the original RUPQ code's clamp,
-passes from torch 2.14 on (pytorch/pytorch#191142); torch 2.13 and earlier pass all of it. ``μ``
-is written out here, so the formula gives SPEC §1's gradient on every torch release.
+``μ_b``, the gradient on a bound (the quantizers' ``bound_gradient``), is one of two rules:
+
+- ``μ_b = 1`` (the default): what the paper's runs trained with. The original RUPQ code clamps
+  with ``torch.clamp`` and tensor bounds, which passes all of the gradient on a bound on the
+  torch releases it ran on (2.13 and earlier);
+- ``μ_b = 1/2``: what the same code computes on torch 2.14 and later, whose ``clamp`` splits a
+  tie between the input and the bound (pytorch/pytorch#191142).
+
+It matters on half-wave inputs with a learnable offset: every zero a ReLU produces lies exactly
+on the lower bound while the offset is 0, and contributes ``g_out · (1 - μ_b)`` to ``dL/do``, so
+with ``μ_b = 1`` those zeros leave the offset alone and with ``μ_b = 1/2`` they move it from the
+first step. ``μ_b`` is written out here, so no torch release changes either rule. The forward
+pass does not depend on it (nor does an export).
 
 The grid is one autograd function (:class:`_LsqGrid`) with the backward above, so that it
 keeps only ``x`` (alive anyway: a weight, or the previous layer's output) and recomputes ``t``;
@@ -50,6 +59,10 @@ import torch
 #: constant tensor, cannot produce inf/NaN; every value above is unchanged, gradients included.
 STEP_EPSILON = 1e-8
 SIGMA_EPSILON = 1e-8
+
+#: ``μ_b``, the gradient on a clip bound (module docstring): the paper's rule first, the default.
+BOUND_GRADIENTS = (1.0, 0.5)
+DEFAULT_BOUND_GRADIENT = BOUND_GRADIENTS[0]
 
 
 def integer_range(bit_width: int, half_wave: bool) -> tuple[int, int]:
@@ -113,11 +126,11 @@ def standardization_sigma(
 
 class _LsqGrid(torch.autograd.Function):
     """``out = round(clamp((x - o) / c, n, p)) · c + o`` with the module docstring's gradients;
-    ``c`` and ``o`` (or ``None``) broadcast against ``x``."""
+    ``c`` and ``o`` (or ``None``) broadcast against ``x``, ``bound_gradient`` is ``μ_b``."""
 
     @staticmethod
-    def forward(ctx, x, scale, offset, n, p):
-        ctx.n, ctx.p = n, p
+    def forward(ctx, x, scale, offset, n, p, bound_gradient):
+        ctx.n, ctx.p, ctx.bound_gradient = n, p, bound_gradient
         ctx.save_for_backward(x, scale, offset)
         shifted = x if offset is None else x - offset
         out = (shifted / scale).clamp(n, p).round() * scale
@@ -129,12 +142,12 @@ class _LsqGrid(torch.autograd.Function):
         n, p = ctx.n, ctx.p
         t = (x if offset is None else x - offset) / scale
         inside = ((t > n) & (t < p)).float()
-        on_range = ((t >= n) & (t <= p)).float()
-        mu = (inside + on_range) * 0.5
+        on_bound = ((t == n) | (t == p)).float()
+        mu = inside + ctx.bound_gradient * on_bound
         grad_x = grad_out * mu
         grad_scale = (grad_out * (t.clamp(n, p).round() - mu * t)).sum_to_size(scale.shape)
         grad_offset = None if offset is None else (grad_out - grad_x).sum_to_size(offset.shape)
-        return grad_x, grad_scale, grad_offset, None, None
+        return grad_x, grad_scale, grad_offset, None, None, None
 
 
 def fake_quantize(
@@ -149,6 +162,7 @@ def fake_quantize(
     ema: torch.Tensor | None = None,
     momentum: float = 0.0,
     std_trainable: bool = True,
+    bound_gradient: float = DEFAULT_BOUND_GRADIENT,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The formula of the module docstring: ``(out, σ)``, ``out`` in float32.
 
@@ -157,11 +171,12 @@ def fake_quantize(
     the std: all of them, or all but the leading one), ``momentum · ema + (1 - momentum) ·
     max(std(x - o), ε)`` (``ema`` may be ``None`` when ``momentum`` is 0; ``std_trainable=False``
     detaches the std); else there is none (``σ`` returned as ``None``). ``grad_scale``: LSQ's
-    ``g`` (:func:`step_gradient_scale`).
+    ``g`` (:func:`step_gradient_scale`). ``bound_gradient``: ``μ_b``, one of :data:`BOUND_GRADIENTS`
+    (not checked here: the quantizers check their setting once, not on every call).
     """
     x = x.float()
     step = learnable_step(step, grad_scale)
     if sigma is None and std_dims is not None:
         sigma = standardization_sigma(x, offset, std_dims, ema, momentum, std_trainable)
     scale = step if sigma is None else step * sigma
-    return _LsqGrid.apply(x, scale, offset, n, p), sigma
+    return _LsqGrid.apply(x, scale, offset, n, p, bound_gradient), sigma

@@ -14,9 +14,24 @@ from torch import nn
 
 from rupq.errors import ConfigError
 from rupq.quantizers.compiled import quantize
-from rupq.quantizers.fake_quantize import integer_range, standardization_sigma, step_gradient_scale
+from rupq.quantizers.fake_quantize import (
+    BOUND_GRADIENTS,
+    DEFAULT_BOUND_GRADIENT,
+    integer_range,
+    standardization_sigma,
+    step_gradient_scale,
+)
 from rupq.quantizers.initializers import MeanStdInitializer, MinErrorInitializer
 from rupq.quantizers.transformations import Standardization
+
+
+def _checked_bound_gradient(owner: str, value) -> float:
+    # Only the two rules of the formula's docstring: any other μ on a bound is no method anyone
+    # trained with, most likely a typo for one of them.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) not in BOUND_GRADIENTS:
+        expected = " or ".join(str(rule) for rule in BOUND_GRADIENTS)
+        raise ConfigError(f"{owner}: bound_gradient must be {expected} (the gradient on a clip bound), got {value!r}")
+    return float(value)
 
 
 class StepQuantizer(nn.Module):
@@ -26,6 +41,9 @@ class StepQuantizer(nn.Module):
         initializer: computes the first step from the first tensor.
         transformation: optional :class:`Standardization` applied around the grid.
         per_channel: one step per output channel (weights only).
+        bound_gradient: the fraction of the gradient passed to the input exactly on a clip bound,
+            1.0 (the paper's runs, the default) or 0.5 (the original code on torch ≥ 2.14); the
+            formula's docstring says why the two.
     """
 
     def __init__(
@@ -33,6 +51,7 @@ class StepQuantizer(nn.Module):
         initializer: MinErrorInitializer | MeanStdInitializer,
         transformation: Standardization | None = None,
         per_channel: bool = False,
+        bound_gradient: float = DEFAULT_BOUND_GRADIENT,
     ):
         super().__init__()
         if not callable(initializer):
@@ -42,6 +61,7 @@ class StepQuantizer(nn.Module):
         self.initializer = initializer
         self.transformation = transformation
         self.per_channel = bool(per_channel)
+        self.bound_gradient = _checked_bound_gradient(type(self).__name__, bound_gradient)
         self.bit_width: int | None = None
         self.half_wave = False
         self.negative_clip = 0
@@ -116,7 +136,10 @@ class StepQuantizer(nn.Module):
             self._initialize(x, offset)
         grad_scale = step_gradient_scale(x.numel() * self.batch_shards, self.step.numel(), self.positive_clip)
         with torch.autocast(x.device.type, enabled=False):  # the quantizer math stays in float32
-            quantized, sigma = quantize(x, self.step, self.negative_clip, self.positive_clip, grad_scale, offset, **sigma_arguments)
+            quantized, sigma = quantize(
+                x, self.step, self.negative_clip, self.positive_clip, grad_scale, offset,
+                bound_gradient=self.bound_gradient, **sigma_arguments,
+            )
         if transformation is not None and self.training:
             transformation.update_ema(sigma)
         return quantized, sigma
@@ -128,7 +151,7 @@ class StepQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"bit_width={self.bit_width}, half_wave={self.half_wave}, per_channel={self.per_channel}, "
-            f"initializer={self.initializer!r}"
+            f"bound_gradient={self.bound_gradient}, initializer={self.initializer!r}"
         )
 
 
@@ -140,8 +163,9 @@ class StepOffsetQuantizer(StepQuantizer):
         initializer: MinErrorInitializer | MeanStdInitializer,
         transformation: Standardization | None = None,
         per_channel: bool = False,
+        bound_gradient: float = DEFAULT_BOUND_GRADIENT,
     ):
-        super().__init__(initializer, transformation, per_channel)
+        super().__init__(initializer, transformation, per_channel, bound_gradient)
         self.offset = nn.Parameter(torch.zeros([]))
 
     def configure(self, bit_width: int, half_wave: bool, step_shape: list[int], sigma_shape: list[int]) -> None:

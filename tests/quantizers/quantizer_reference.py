@@ -2,7 +2,7 @@
 
 Every path of :mod:`rupq.quantizers.fake_quantize` (eager and compiled) is checked against
 these functions. They follow the original implementation step by step: ``torch.std``, the clamp
-with SPEC's half gradient on a bound (:func:`clamp_half_on_bounds`), the ``(s - s g).detach() +
+with the gradient ``μ_b`` on a bound (:func:`clamp_with_bound_gradient`), the ``(s - s g).detach() +
 s g`` gradient scale and the ``(round(v) - v).detach() + v`` straight-through estimator.
 """
 
@@ -13,28 +13,29 @@ import torch
 from torch import nn
 
 
-def clamp_half_on_bounds(v, negative_clip, positive_clip):
-    """``clamp(v, n, p)`` whose gradient is 1 strictly inside ``(n, p)``, 1/2 exactly on a bound
-    and 0 outside (SPEC §1).
+def clamp_with_bound_gradient(v, negative_clip, positive_clip, bound_gradient):
+    """``clamp(v, n, p)`` whose gradient is 1 strictly inside ``(n, p)``, ``bound_gradient`` (μ_b)
+    exactly on a bound and 0 outside.
 
-    The original code gets the 1/2 from ``torch.clamp`` with tensor bounds, but that gradient
-    depends on the torch release: 2.14 splits it on a bound (pytorch/pytorch#191142), 2.13 and
-    earlier — 2.11 on the GPU machines among them — pass all of it. The rule is therefore
-    written out: the mean of a clamp that passes the gradient on a bound and one that does not,
-    both equal to ``torch.clamp`` in the forward pass.
+    The original code gets μ_b from ``torch.clamp`` with tensor bounds, but that gradient depends
+    on the torch release: 2.13 and earlier — the paper's runs, and 2.11 on the GPU machines — pass
+    all of it (μ_b = 1), 2.14 splits it (μ_b = 1/2, pytorch/pytorch#191142). The rule is therefore
+    written out: a mix of a clamp that passes the gradient on a bound and one that does not, both
+    equal to ``torch.clamp`` in the forward pass.
     """
     clamped = torch.clamp(v, negative_clip, positive_clip).detach()
     passes_on_bounds = torch.where((v >= negative_clip) & (v <= positive_clip), v, clamped)
     stops_on_bounds = torch.where((v > negative_clip) & (v < positive_clip), v, clamped)
-    return (passes_on_bounds + stops_on_bounds) / 2
+    return bound_gradient * passes_on_bounds + (1 - bound_gradient) * stops_on_bounds
 
 
-def reference_grid(x, step, negative_clip, positive_clip):
-    """LSQ grid: ``clamp(x / s', n, p)``, rounded with a straight-through estimator, times ``s'``."""
+def reference_grid(x, step, negative_clip, positive_clip, bound_gradient):
+    """LSQ grid: ``clamp(x / s', n, p)`` (gradient ``bound_gradient`` on a bound), rounded with a
+    straight-through estimator, times ``s'``."""
     grad_scale = 1.0 / math.sqrt(positive_clip * x.numel() / step.numel())
     scaled = step * grad_scale
     step = (step - scaled).detach() + scaled
-    v = clamp_half_on_bounds(x / step, negative_clip, positive_clip)
+    v = clamp_with_bound_gradient(x / step, negative_clip, positive_clip, bound_gradient)
     q = (v.round() - v).detach() + v
     return q * step
 
@@ -75,7 +76,7 @@ def reference_quantize(quantizer, x, std_of=literal_std):
         x, sigma = reference_standardize(quantizer.transformation, x, std_of)
     if not quantizer.initialized:
         quantizer.initialize_from(x)
-    out = reference_grid(x, quantizer.step, quantizer.negative_clip, quantizer.positive_clip)
+    out = reference_grid(x, quantizer.step, quantizer.negative_clip, quantizer.positive_clip, quantizer.bound_gradient)
     if sigma is not None:
         out = out * sigma
     if offset is not None:

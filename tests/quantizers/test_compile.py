@@ -14,7 +14,7 @@ from torch import nn
 
 from rupq.config import load_config
 from rupq.quantizers import initialize_quantizers
-from rupq.quantizers.compiled import quantize
+from rupq.quantizers.compiled import CompiledFormula, quantize
 
 RUPQ_RECIPE = "rupq/examples/quantized/classification/resnet18/w4a4_rupq.yaml"
 
@@ -99,3 +99,26 @@ def test_whole_model_compiled_matches_eager_training():
         assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6), name
+
+
+def test_bound_gradient_compiles_no_graph_per_call():
+    """μ_b is a Python float like LSQ's g: both rules, alternating, reuse the graphs compiled for
+    the first calls, and each call gets its own μ_b (no value baked into a graph)."""
+    formula = CompiledFormula(enabled=True)
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 8, 6, 6, generator=generator).relu()
+
+    def zero_gradients(bound_gradient, step_value):
+        x = base.clone().requires_grad_()
+        step = torch.tensor(step_value, requires_grad=True)
+        offset = torch.tensor(0.0, requires_grad=True)
+        out, _ = formula(x, step, 0, 15, 0.01, offset=offset, bound_gradient=bound_gradient)
+        out.backward(torch.ones_like(out))
+        return set(x.grad[base == 0].tolist())
+
+    assert zero_gradients(1.0, 0.2) == {1.0}
+    assert zero_gradients(0.5, 0.2) == {0.5}
+    after_both = compiled_graphs()
+    for bound_gradient, step_value in [(1.0, 0.3), (0.5, 0.25), (1.0, 0.15), (0.5, 0.3)]:
+        assert zero_gradients(bound_gradient, step_value) == {bound_gradient}
+    assert compiled_graphs() == after_both

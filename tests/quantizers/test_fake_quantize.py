@@ -5,12 +5,21 @@ import torch
 from formula_paths import formula  # noqa: F401 (fixture)
 from quantizer_reference import reference_grid
 
-from rupq.quantizers.fake_quantize import SIGMA_EPSILON, STEP_EPSILON, fake_quantize, integer_range, step_gradient_scale
+from rupq.quantizers.fake_quantize import (
+    BOUND_GRADIENTS,
+    DEFAULT_BOUND_GRADIENT,
+    SIGMA_EPSILON,
+    STEP_EPSILON,
+    fake_quantize,
+    integer_range,
+    step_gradient_scale,
+)
 
 
-def lsq_quantize(x, step, n, p, sigma=None, offset=None, formula=fake_quantize):
+def lsq_quantize(x, step, n, p, sigma=None, offset=None, formula=fake_quantize, bound_gradient=DEFAULT_BOUND_GRADIENT):
     """``formula`` with LSQ's gradient scale for ``x``; parameters scalar or one per leading channel."""
-    out, _ = formula(x, step, n, p, step_gradient_scale(x.numel(), step.numel(), p), offset=offset, sigma=sigma)
+    grad_scale = step_gradient_scale(x.numel(), step.numel(), p)
+    out, _ = formula(x, step, n, p, grad_scale, offset=offset, sigma=sigma, bound_gradient=bound_gradient)
     return out
 
 
@@ -56,11 +65,14 @@ def _inputs(per_channel, half_wave, seed=0):
     return x, step, n, p
 
 
+@pytest.mark.parametrize("bound_gradient", BOUND_GRADIENTS)
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("half_wave", [False, True])
 @pytest.mark.parametrize("with_offset", [False, True])
 @pytest.mark.parametrize("with_sigma", [False, True])
-def test_grid_matches_reference(per_channel, half_wave, with_offset, with_sigma, formula):
+def test_grid_matches_reference(per_channel, half_wave, with_offset, with_sigma, bound_gradient, formula):
+    """Half-wave inputs are ReLU outputs: with the offset at 0 (or none) their zeros tie with the
+    lower bound, and ``_inputs`` puts values exactly on both bounds and beyond them."""
     torch.manual_seed(0)
     x, step, n, p = _inputs(per_channel, half_wave)
     sigma = (torch.rand(6, 1, 1, 1) + 0.5) if with_sigma and per_channel else torch.tensor(1.3) if with_sigma else None
@@ -74,11 +86,11 @@ def test_grid_matches_reference(per_channel, half_wave, with_offset, with_sigma,
         o = offset.clone().requires_grad_() if offset is not None else None
         codes = None
         if fused:
-            out = lsq_quantize(xs, s, n, p, sg, o, formula)
+            out = lsq_quantize(xs, s, n, p, sg, o, formula, bound_gradient)
         else:
             t = xs - o if o is not None else xs
             t = t / sg if sg is not None else t
-            out = reference_grid(t, s, n, p)
+            out = reference_grid(t, s, n, p, bound_gradient)
             codes = (t / s).detach()
             out = out * sg if sg is not None else out
             out = out + o if o is not None else out
@@ -93,12 +105,70 @@ def test_grid_matches_reference(per_channel, half_wave, with_offset, with_sigma,
         _close(grad, ref_grad, 1e-5, summation_tolerance(grad_out, x))
 
 
-def test_gradient_on_bounds_is_halved(formula):
-    n, p = integer_range(2, True)
+# Hand-computed values, no oracle: the oracle calls the same torch primitives (round, clamp) as
+# the formula, so a change in one of their rules would change both alike. Step 0.5 and gradient
+# scale 0.25 keep every t and product exact in float32; g_out = 1 everywhere.
+#
+# Signed 3 bits, [n, p] = [-4, 3], one step per element (per channel), so each element's dL/ds is
+# its own term g · (q - μ t). Rounding midpoints go half to even, as onnxruntime's QuantizeLinear:
+# 0.5 → 0, 1.5 → 2, 2.5 → 2 (and their negatives). Columns: x, t = x / s, out = q s, dL/dx, dL/ds.
+SIGNED_CASES = [
+    (0.25, 0.5, 0.0, 1.0, -0.125),
+    (0.75, 1.5, 1.0, 1.0, 0.125),
+    (1.25, 2.5, 1.0, 1.0, -0.125),
+    (-0.25, -0.5, -0.0, 1.0, 0.125),
+    (-0.75, -1.5, -1.0, 1.0, -0.125),
+    (-1.25, -2.5, -1.0, 1.0, 0.125),
+    (1.4999998807907104, 2.999999761581421, 1.5, 1.0, 5.960464477539063e-08),  # an ulp inside p
+    (1.5, 3.0, 1.5, "μ", {1.0: 0.0, 0.5: 0.375}),  # on p: g (3 - 3 μ)
+    (1.5000001192092896, 3.000000238418579, 1.5, 0.0, 0.75),  # an ulp beyond p: g · 3
+    (-2.0, -4.0, -2.0, "μ", {1.0: 0.0, 0.5: -0.5}),  # on n: g (-4 + 4 μ)
+    (-2.000000238418579, -4.000000476837158, -2.0, 0.0, -1.0),  # an ulp beyond n: g · (-4)
+]
+
+
+@pytest.mark.parametrize("bound_gradient", BOUND_GRADIENTS)
+def test_signed_grid_pinned_values(bound_gradient, formula):
+    x = torch.tensor([case[0] for case in SIGNED_CASES]).reshape(-1, 1).requires_grad_()
+    step = torch.full((len(SIGNED_CASES), 1), 0.5, requires_grad=True)
+    out, _ = formula(x, step, -4, 3, 0.25, bound_gradient=bound_gradient)
+    out.backward(torch.ones_like(out))
+    assert out.detach().flatten().tolist() == [case[2] for case in SIGNED_CASES]
+    assert x.grad.flatten().tolist() == [bound_gradient if case[3] == "μ" else case[3] for case in SIGNED_CASES]
+    expected_step_grad = [case[4][bound_gradient] if isinstance(case[4], dict) else case[4] for case in SIGNED_CASES]
+    assert step.grad.flatten().tolist() == pytest.approx(expected_step_grad, rel=1e-6, abs=1e-12)
+
+
+# Half-wave 2 bits, [n, p] = [0, 3], one step 0.5 and one offset 0 for the tensor: a ReLU output
+# whose zeros tie with the lower bound. dL/do = Σ (1 - μ) and dL/ds = g Σ (q - μ t):
+#   x       t      out   μ      1 - μ        q - μ t
+#   0, 0, 0 0      0     μ_b    1 - μ_b      0
+#   -2^-23  <0     0     0      1            0           (an ulp-scale value beyond n)
+#   0.75    1.5    1.0   1      0            0.5         (a midpoint: rounds to 2)
+#   1.5     3      1.5   μ_b    1 - μ_b      3 - 3 μ_b   (on p)
+#   2.0     4      1.5   0      1            3           (beyond p)
+# μ_b = 1:   dL/do = 2,  dL/ds = 0.25 · 3.5 = 0.875
+# μ_b = 1/2: dL/do = 3 · 0.5 + 1 + 0.5 + 1 = 4,  dL/ds = 0.25 · (0.5 + 1.5 + 3) = 1.25
+HALF_WAVE_X = [0.0, 0.0, 0.0, -1.1920928955078125e-07, 0.75, 1.5, 2.0]
+HALF_WAVE_OUT = [0.0, 0.0, 0.0, 0.0, 1.0, 1.5, 1.5]
+HALF_WAVE_GRADS = {  # μ_b: (dL/dx, dL/do, dL/ds)
+    1.0: ([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0], 2.0, 0.875),
+    0.5: ([0.5, 0.5, 0.5, 0.0, 1.0, 0.5, 0.0], 4.0, 1.25),
+}
+
+
+@pytest.mark.parametrize("bound_gradient", BOUND_GRADIENTS)
+def test_relu_zeros_on_the_lower_bound_pinned_values(bound_gradient, formula):
+    x = torch.tensor(HALF_WAVE_X, requires_grad=True)
     step = torch.tensor(0.5, requires_grad=True)
-    x = torch.tensor([0.0, 1.5, 0.7, 2.0, -1.0], requires_grad=True)  # n, p, inside, above, below
-    lsq_quantize(x, step, n, p, formula=formula).sum().backward()
-    assert x.grad.tolist() == [0.5, 0.5, 1.0, 0.0, 0.0]
+    offset = torch.tensor(0.0, requires_grad=True)
+    out, _ = formula(x, step, 0, 3, 0.25, offset=offset, bound_gradient=bound_gradient)
+    out.backward(torch.ones_like(out))
+    grad_x, grad_offset, grad_step = HALF_WAVE_GRADS[bound_gradient]
+    assert out.detach().tolist() == HALF_WAVE_OUT
+    assert x.grad.tolist() == grad_x
+    assert offset.grad.item() == grad_offset
+    assert step.grad.item() == grad_step
 
 
 def test_step_gradient_scale():
@@ -163,7 +233,7 @@ def test_step_guard_and_gradient_scale_inside_the_function_match_autograd(value,
     s1 = torch.full(shape, value, requires_grad=True)
     s2 = torch.full(shape, value, requires_grad=True)
     lsq_quantize(x, s1, -8, 7).backward(grad_out)
-    reference_grid(x, guard_step(s2), -8, 7).backward(grad_out)
+    reference_grid(x, guard_step(s2), -8, 7, DEFAULT_BOUND_GRADIENT).backward(grad_out)
     _close(s1.grad, s2.grad, 1e-5)
     assert torch.equal(s1.grad == 0, s2.grad == 0)
 
@@ -177,7 +247,7 @@ def test_guard_leaves_normal_steps_bit_identical():
         s2 = torch.tensor(value, requires_grad=True)
         out = lsq_quantize(x, s1, -8, 7)
         out.backward(grad_out)
-        ref = reference_grid(x, s2, -8, 7)
+        ref = reference_grid(x, s2, -8, 7, DEFAULT_BOUND_GRADIENT)
         ref.backward(grad_out)
         assert torch.equal(out, ref)
         _close(s1.grad, s2.grad, 1e-5)

@@ -23,21 +23,23 @@ from rupq.quantizers import initialize_quantizers
 from rupq.quantizers.fake_quantize import step_gradient_scale
 
 
-def _oracle(x, step, offset, n, p, std_dims, ema, momentum):
+def _oracle(x, step, offset, n, p, std_dims, ema, momentum, bound_gradient):
     """SPEC §1 step by step: ``torch.std`` of ``x - o``, the EMA mixing, the literal grid."""
     shifted = x if offset is None else x - offset
     std = torch.std(shifted, std_dims, keepdim=True)
     sigma = std if momentum == 0 else (momentum * ema).detach() + (1 - momentum) * std
-    out = reference_grid(shifted / sigma, step, n, p) * sigma
+    out = reference_grid(shifted / sigma, step, n, p, bound_gradient) * sigma
     codes = (shifted / sigma / step).detach()
     return (out if offset is None else out + offset), codes
 
 
 CASES = {
     # RUPQ activation quantizer: 8 x 32 x 64 x 64 = 1,048,576 elements, one σ with an EMA, an offset.
-    "activation": dict(shape=(8, 32, 64, 64), per_channel=False, offset=0.05, n=0, p=15, momentum=0.9),
+    "activation": dict(shape=(8, 32, 64, 64), per_channel=False, offset=0.05, n=0, p=15, momentum=0.9, bound_gradient=1.0),
+    # The same at the offset's initial 0: the ReLU's half-million zeros tie with the lower bound.
+    "activation_ties": dict(shape=(8, 32, 64, 64), per_channel=False, offset=0.0, n=0, p=15, momentum=0.9, bound_gradient=0.5),
     # RUPQ weight quantizer of a 3x3 conv with 256 channels: one step and one σ per output channel.
-    "weight": dict(shape=(256, 256, 3, 3), per_channel=True, offset=None, n=-8, p=7, momentum=0.0),
+    "weight": dict(shape=(256, 256, 3, 3), per_channel=True, offset=None, n=-8, p=7, momentum=0.0, bound_gradient=1.0),
 }
 
 
@@ -59,12 +61,13 @@ def test_formula_matches_the_oracle_at_training_sizes(case, formula):
     leaves = [t.clone().requires_grad_() for t in (x, step)]
     offset_leaf = None if offset is None else offset.clone().requires_grad_()
     out, _ = formula(leaves[0], leaves[1], n, p, step_gradient_scale(x.numel(), step.numel(), p),
-                     offset=offset_leaf, std_dims=std_dims, ema=ema, momentum=momentum)
+                     offset=offset_leaf, std_dims=std_dims, ema=ema, momentum=momentum, bound_gradient=spec["bound_gradient"])
     out.backward(grad_out)
 
     oracle_leaves = [t.clone().requires_grad_() for t in (x, step)]
     oracle_offset = None if offset is None else offset.clone().requires_grad_()
-    expected, codes = _oracle(oracle_leaves[0], oracle_leaves[1], oracle_offset, n, p, std_dims, ema, momentum)
+    expected, codes = _oracle(oracle_leaves[0], oracle_leaves[1], oracle_offset, n, p, std_dims, ema, momentum,
+                              spec["bound_gradient"])
     expected.backward(grad_out)
 
     assert_same_quantization(out.detach(), expected.detach(), codes)
@@ -84,8 +87,8 @@ def test_quantized_small_resnet_step_matches_the_model_with_the_oracle_installed
     initialize_quantizers(ours, images)
     # As after an optimizer step: MinErrorInitializer's largest candidate puts each channel's
     # largest weight exactly on the clip bound, where the formula's t = w / (s'σ) and the
-    # oracle's (w / σ) / s' may land an ulp apart, on either side of the bound (half gradient or
-    # none); a step moved off the candidate grid leaves no element exactly there.
+    # oracle's (w / σ) / s' may land an ulp apart, on either side of the bound (μ_b of the gradient
+    # or none); a step moved off the candidate grid leaves no element exactly there.
     with torch.no_grad():
         for quantizer in (module for module in ours.modules() if hasattr(module, "initializer")):
             quantizer.step.mul_(1.001)

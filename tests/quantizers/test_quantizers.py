@@ -5,9 +5,10 @@ import torch
 from quantizer_reference import reference_quantize
 from test_fake_quantize import _close, summation_tolerance
 
+from rupq.errors import ConfigError
 from rupq.quantizers import MeanStdInitializer, MinErrorInitializer, Standardization, StepOffsetQuantizer, StepQuantizer
 from rupq.quantizers.compiled import quantize
-from rupq.quantizers.fake_quantize import fake_quantize
+from rupq.quantizers.fake_quantize import BOUND_GRADIENTS, DEFAULT_BOUND_GRADIENT, fake_quantize
 from rupq.quantizers.fake_quantize import standard_deviation as formula_std
 
 
@@ -23,9 +24,9 @@ def compiled_quantizers(monkeypatch):
     monkeypatch.setattr(quantize, "enabled", True)
 
 
-def _configured(quantizer_type, role, transformation, half_wave, per_channel, bit_width=3):
+def _configured(quantizer_type, role, transformation, half_wave, per_channel, bit_width=3, bound_gradient=DEFAULT_BOUND_GRADIENT):
     """A quantizer for a weight [6, 4, 3, 3] (role "weight") or an activation (role "input")."""
-    quantizer = quantizer_type(MinErrorInitializer(n_iters=50), transformation, per_channel=per_channel)
+    quantizer = quantizer_type(MinErrorInitializer(n_iters=50), transformation, per_channel=per_channel, bound_gradient=bound_gradient)
     weight_shape = [6, 4, 3, 3]
     step_shape = [6, 1, 1, 1] if per_channel else []
     sigma_shape = [] if transformation is None else transformation.sigma_shape(weight_shape)
@@ -55,9 +56,10 @@ def _cases():
                     yield quantizer_type, transformation, per_channel, half_wave, role
 
 
+@pytest.mark.parametrize("bound_gradient", BOUND_GRADIENTS)
 @pytest.mark.parametrize("quantizer_type,transformation,per_channel,half_wave,role", list(_cases()))
-def test_quantizer_matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role):
-    _matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role)
+def test_quantizer_matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role, bound_gradient):
+    _matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role, bound_gradient)
 
 
 @pytest.mark.usefixtures("compiled_quantizers")
@@ -69,13 +71,17 @@ def test_quantizer_matches_reference_over_steps(quantizer_type, transformation, 
         (StepOffsetQuantizer, "none", False, True, "input"),  # LSQ+ activations
     ],
 )
-def test_compiled_quantizer_matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role):
-    _matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role)
+@pytest.mark.parametrize("bound_gradient", BOUND_GRADIENTS)
+def test_compiled_quantizer_matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role, bound_gradient):
+    _matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role, bound_gradient)
 
 
-def _matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role):
+def _matches_reference_over_steps(quantizer_type, transformation, per_channel, half_wave, role, bound_gradient):
+    """Half-wave inputs are ReLU outputs; the offset starts at 0, so their zeros tie with the lower
+    bound on the first step (the oracle's offset then moves by the oracle's gradient)."""
     torch.manual_seed(0)
-    quantizer = _configured(quantizer_type, role, TRANSFORMATIONS[transformation](), half_wave, per_channel)
+    quantizer = _configured(quantizer_type, role, TRANSFORMATIONS[transformation](), half_wave, per_channel,
+                            bound_gradient=bound_gradient)
     oracle = copy.deepcopy(quantizer)
     shape = [6, 4, 3, 3]
     for iteration, training in enumerate([True, True, False, True]):
@@ -207,3 +213,32 @@ def test_steps_driven_negative_by_training_stay_finite():
     out = quantizer(x)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(quantizer.step.grad).all()
+
+
+@pytest.mark.parametrize("quantizer_type", [StepQuantizer, StepOffsetQuantizer])
+@pytest.mark.parametrize("value", [0.7, 0, 2.0, -0.5, True, "0.5", None])
+def test_bound_gradient_other_than_the_two_rules_is_a_config_error(quantizer_type, value):
+    with pytest.raises(ConfigError) as error:
+        quantizer_type(MinErrorInitializer(), bound_gradient=value)
+    assert str(error.value) == (
+        f"{quantizer_type.__name__}: bound_gradient must be 1.0 or 0.5 (the gradient on a clip bound), got {value!r}"
+    )
+
+
+def test_bound_gradient_defaults_to_the_papers_rule_and_reaches_the_formula():
+    """Without the setting, a ReLU zero on the lower bound passes all of its gradient (μ_b = 1) and
+    leaves the offset none; with ``bound_gradient: 0.5`` (written as a YAML int or float) half."""
+    assert StepOffsetQuantizer(MinErrorInitializer()).bound_gradient == 1.0
+    assert StepQuantizer(MinErrorInitializer(), bound_gradient=1).bound_gradient == 1.0
+    grads = {}
+    for setting in ({}, {"bound_gradient": 0.5}):
+        quantizer = StepOffsetQuantizer(MinErrorInitializer(n_iters=20), **setting)
+        quantizer.configure(2, True, [], [])
+        x = torch.tensor([0.0, 0.0, 0.3, 0.6], requires_grad=True)
+        quantizer.initialize_from(x.detach())
+        with torch.no_grad():
+            quantizer.step.fill_(0.25)  # t = 0, 0, 1.2, 2.4: two zeros on n, the rest strictly inside
+        quantizer(x).sum().backward()
+        grads[setting.get("bound_gradient")] = (x.grad.tolist(), quantizer.offset.grad.item())
+    assert grads[None] == ([1.0, 1.0, 1.0, 1.0], 0.0)
+    assert grads[0.5] == ([0.5, 0.5, 1.0, 1.0], 1.0)

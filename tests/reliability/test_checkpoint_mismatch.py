@@ -70,6 +70,28 @@ def test_load_a_quantized_model_with_other_bit_widths(trained, capsys, tmp_path)
     assert "has bit_width 4 in the checkpoint but 3 in the config (and " in line
 
 
+def test_resume_with_another_bound_gradient(trained, capsys, tmp_path):
+    """μ_b changes only gradients, so the state dict fits either way: the saved settings tell."""
+    _, _, quantized = trained
+    status, line = run(capsys, "--config", QUICKSTART_RUPQ, "--logdir", tmp_path / "r", "--checkpoint_path",
+                       quantized / "checkpoints/last.ckpt", "--set", "task.epochs=2",
+                       "model_parser.wrappers.Conv2d.quantizer.input_quantizer.bound_gradient=0.5", *TINY)
+    assert status == 2
+    assert "does not fit the config's model_parser: " in line
+    assert "has bound_gradient 1.0 in the checkpoint but 0.5 in the config (and " in line
+
+
+def test_checkpoints_saved_before_bound_gradient_are_not_compared_on_it():
+    from rupq.tools.training.task import settings_difference
+
+    before = {"conv1.input": {"type": "StepOffsetQuantizer", "bit_width": 4, "half_wave": True}}
+    built = {"conv1.input": {**before["conv1.input"], "bound_gradient": 0.5}}
+    assert settings_difference(before, built) is None
+    assert settings_difference({"conv1.input": {**built["conv1.input"], "bound_gradient": 1.0}}, built) == (
+        "conv1.input has bound_gradient 1.0 in the checkpoint but 0.5 in the config"
+    )
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["optimizers={adam: {name: Adam, params: {lr: 0.1}}}"],
      "the checkpoint's optimizers are weight_optimizer; the config's are adam"),

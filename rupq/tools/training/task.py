@@ -70,9 +70,11 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def quantizer_settings(model: nn.Module) -> dict[str, dict]:
-    """``{quantizer name: {type, bit_width, half_wave}}``: what a config decides and a state dict does not show."""
+    """``{quantizer name: {type, bit_width, half_wave, bound_gradient}}``: what a config decides and a
+    state dict does not show."""
     return {
-        name: {"type": type(quantizer).__name__, "bit_width": int(quantizer.bit_width), "half_wave": bool(quantizer.half_wave)}
+        name: {"type": type(quantizer).__name__, "bit_width": int(quantizer.bit_width), "half_wave": bool(quantizer.half_wave),
+               "bound_gradient": float(quantizer.bound_gradient)}
         for name, quantizer in quantizers_of(model)
     }
 
@@ -94,8 +96,10 @@ def settings_difference(saved: dict[str, dict], built: dict[str, dict]) -> str |
         parts = [f"{len(missing)} quantizer(s) only in the checkpoint (e.g. {missing[0]})" if missing else "",
                  f"{len(extra)} only in the config (e.g. {extra[0]})" if extra else ""]
         return ", ".join(part for part in parts if part)
-    differing = [(name, key) for name in saved for key in ("type", "bit_width", "half_wave")
-                 if saved[name][key] != built[name][key]]
+    # A key the checkpoint lacks is not compared: it was written before that setting was saved
+    # (bound_gradient), and what it trained with is not known.
+    differing = [(name, key) for name in saved for key in ("type", "bit_width", "half_wave", "bound_gradient")
+                 if key in saved[name] and saved[name][key] != built[name][key]]
     if not differing:
         return None
     name, key = differing[0]
