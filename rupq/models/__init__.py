@@ -1,8 +1,9 @@
 """Model factory: ``create_model(arch, **kwargs)`` over a small registry of architectures.
 
 An architecture is a function decorated with :func:`register_model`; its name is the
-``model_arch`` of a config. The built model remembers its name and arguments so that a
-checkpoint can rebuild it (``model.ckpt`` stores them next to the state dict).
+``model_arch`` of a config, as are ``torchvision:NAME`` and ``timm:NAME`` (:mod:`rupq.models.named`).
+The built model remembers its name and arguments so that a checkpoint can rebuild it
+(``model.ckpt`` stores them next to the state dict).
 """
 
 import difflib
@@ -11,6 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 from rupq.errors import ConfigError
+from rupq.models.named import build_named, load_pretrained, split_source
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -25,14 +27,28 @@ def model_names() -> list[str]:
 
 
 def create_model(arch: str, **kwargs) -> nn.Module:
-    if arch not in _MODELS:
+    """The architecture ``arch`` (a registered name, ``torchvision:NAME`` or ``timm:NAME``) built with ``kwargs``."""
+    named = split_source(arch)
+    if named is None and arch not in _MODELS:
         close = difflib.get_close_matches(arch, _MODELS, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(model_names())}"
-        raise ConfigError(f"unknown model_arch '{arch}'; {hint}")
+        raise ConfigError(f"unknown model_arch '{arch}'; {hint}, or torchvision:NAME / timm:NAME")
     try:
-        model = _MODELS[arch](**kwargs)
-    except TypeError as error:
+        model = build_named(*named, **kwargs) if named else _MODELS[arch](**kwargs)
+    except (TypeError, ValueError) as error:  # arguments the builder does not take or accept
         raise ConfigError(f"model_arch '{arch}': {error}") from None
+    return _named(model, arch, kwargs)
+
+
+def pretrained_model(arch: str) -> nn.Module:
+    """``torchvision:NAME`` / ``timm:NAME`` with its published weights, read from the local cache only."""
+    named = split_source(arch)
+    if named is None:
+        raise ConfigError(f"--load {arch}: pretrained weights by name are torchvision:NAME or timm:NAME")
+    return _named(load_pretrained(*named), arch, {})
+
+
+def _named(model: nn.Module, arch: str, kwargs: dict) -> nn.Module:
     model.rupq_arch = {"name": arch, "kwargs": dict(kwargs)}
     return model
 
