@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rupq train", description="Train or quantize a model from a YAML config.")
     parser.add_argument("--config", required=True, help="YAML config (see rupq/examples)")
     parser.add_argument("--logdir", required=True, help="runs go to LOGDIR/version_N (next free N)")
-    parser.add_argument("--load", help="model.ckpt of an earlier run, or torchvision:resnet18 / torchvision:mobilenet_v2")
+    parser.add_argument("--load", help="model.ckpt of an earlier run, or torchvision:NAME / timm:NAME: the published "
+                        "weights, from the local cache (nothing is downloaded)")
     parser.add_argument("--checkpoint_path", help="resume from a training checkpoint (LOGDIR/version_N/checkpoints/last.ckpt)")
     parser.add_argument("--gpu", help="visible CUDA devices, e.g. 0 or 0,1 (several: DataParallel; under torchrun, "
                         "the devices the processes of each machine take by LOCAL_RANK)")

@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from rupq.config import argument_locations, location_of
 from rupq.errors import CheckpointError, ConfigError, RupqError
-from rupq.models import architecture_of, create_model
+from rupq.models import architecture_of, create_model, pretrained_model
+from rupq.models.named import split_source
 from rupq.quantizers import ModuleQuantizer, quantizers_of
 from rupq.tools.callbacks.base import Callback
 from rupq.tools.callbacks.model_saver import ModelSaver
@@ -22,9 +23,6 @@ from rupq.tools.training.optimizers import build_optimizers
 from rupq.tools.training.parallel import process_seed
 from rupq.tools.training.trainer import Trainer
 from rupq.tools.utils.checkpoint import MODEL_FORMAT, TRAINING_FORMAT, load_checkpoint, save_atomic
-
-TORCHVISION_PREFIX = "torchvision:"
-
 
 #: ``precision`` of a Task: float32, or mixed precision under torch.autocast (the quantizer math
 #: stays in float32).
@@ -105,26 +103,6 @@ def settings_difference(saved: dict[str, dict], built: dict[str, dict]) -> str |
     name, key = differing[0]
     more = f" (and {len(differing) - 1} more difference(s))" if len(differing) > 1 else ""
     return f"{name} has {key} {saved[name][key]} in the checkpoint but {built[name][key]} in the config{more}"
-
-
-def torchvision_pretrained(arch: str) -> nn.Module:
-    """``arch`` with torchvision's published ImageNet weights (its own weights API and cache)."""
-    import torchvision
-
-    known = {"resnet18": "ResNet18_Weights", "mobilenet_v2": "MobileNet_V2_Weights"}
-    if arch not in known:
-        raise ConfigError(f"--load {TORCHVISION_PREFIX}{arch}: pretrained weights are known for {', '.join(known)}")
-    model = create_model(arch)
-    weights = torchvision.models.get_weight(f"{known[arch]}.IMAGENET1K_V1")
-    try:
-        state = weights.get_state_dict(progress=True)
-    except Exception as error:  # network and cache failures all mean "not available here"
-        raise CheckpointError(
-            f"cannot obtain torchvision's ImageNet weights for {arch} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no details'}); they download once into torch's cache"
-        ) from None
-    model.load_state_dict(state)
-    return model
 
 
 class Task:
@@ -211,10 +189,10 @@ class Task:
         if not context.load:
             raise ConfigError(
                 "no model: set model_arch in the config or give --load with a model.ckpt "
-                f"(or {TORCHVISION_PREFIX}resnet18)", where
+                "(or torchvision:resnet18)", where
             )
-        if context.load.startswith(TORCHVISION_PREFIX):
-            return torchvision_pretrained(context.load[len(TORCHVISION_PREFIX):]), None
+        if split_source(context.load):
+            return pretrained_model(context.load), None
         saved = load_checkpoint(context.load, MODEL_FORMAT)
         model = create_model(saved["arch"]["name"], **saved["arch"]["kwargs"])
         return self._load_into(model, saved, context.load)
