@@ -149,6 +149,19 @@ def run_main(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["rupq", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
+def run_export(*args) -> subprocess.CompletedProcess:
+    """``rupq export ARGS`` in this process (its own parsing, printing and exit status)."""
+    from rupq.export import main as export_main
+
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            export_main([str(arg) for arg in args])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

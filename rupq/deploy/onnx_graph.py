@@ -31,6 +31,9 @@ from rupq.errors import ExportError
 
 OPSET = 21  # the first opset with int4/uint4 QuantizeLinear/DequantizeLinear
 
+# Node names of an input quantizer's chain, "<layer>.input_<step>": the check finds them again (input_chain).
+SUBTRACT, QUANTIZE, CLIP, DEQUANTIZE = CHAIN_STEPS = ("subtract_offset", "quantize", "clip", "dequantize")
+
 
 def _integer_types() -> list:
     """``(numpy dtype, lowest, highest)`` of the ONNX integer types the graph uses, smallest first
@@ -130,17 +133,17 @@ class GraphRewriter:
         zero = self._constant(f"{prefix}_zero_point", np.array(grid.zero_point, dtype=dtype))
         if grid.offset is not None:
             offset = self._constant(f"{prefix}_offset", np.array(grid.offset, dtype=np.float32))
-            new_nodes.append(helper.make_node("Sub", [value, offset], [f"{prefix}_shifted"], name=f"{prefix}_subtract_offset"))
+            new_nodes.append(helper.make_node("Sub", [value, offset], [f"{prefix}_shifted"], name=f"{prefix}_{SUBTRACT}"))
             value = f"{prefix}_shifted"
-        new_nodes.append(helper.make_node("QuantizeLinear", [value, scale, zero], [f"{prefix}_codes"], name=f"{prefix}_quantize"))
+        new_nodes.append(helper.make_node("QuantizeLinear", [value, scale, zero], [f"{prefix}_codes"], name=f"{prefix}_{QUANTIZE}"))
         value = f"{prefix}_codes"
         if (lowest, highest) != (grid.low, grid.high):  # the carrier is wider than the quantizer's range
             low = self._constant(f"{prefix}_low", np.array(grid.low, dtype=dtype))
             high = self._constant(f"{prefix}_high", np.array(grid.high, dtype=dtype))
-            new_nodes.append(helper.make_node("Clip", [value, low, high], [f"{prefix}_clipped"], name=f"{prefix}_clip"))
+            new_nodes.append(helper.make_node("Clip", [value, low, high], [f"{prefix}_clipped"], name=f"{prefix}_{CLIP}"))
             value = f"{prefix}_clipped"
         new_nodes.append(helper.make_node("DequantizeLinear", [value, scale, zero], [f"{prefix}_dequantized"],
-                                          name=f"{prefix}_dequantize"))
+                                          name=f"{prefix}_{DEQUANTIZE}"))
         value = f"{prefix}_dequantized"
         if grid.offset is not None:
             new_nodes.append(helper.make_node("Add", [value, offset], [f"{prefix}_quantized"], name=f"{prefix}_add_offset"))
@@ -199,6 +202,17 @@ def quantized_model_proto(model, input_size, arch_name: str, integer_zero_points
         rewriter.quantize_input(name, grid)
         bits[name] = (layer.quantizer.weight_quantizer.bit_width, grid.bit_width)
     return rewriter.finish(), float_proto, bits
+
+
+def input_chain(proto, layer_name: str) -> tuple[str, list, str]:
+    """``(tensor read, nodes, dequantized tensor)`` of a layer's input quantizer in a file written here:
+    the float tensor its first node reads, its ``Sub → QuantizeLinear → [Clip] → DequantizeLinear``
+    nodes in graph order, and the DequantizeLinear output (before the offset is added back)."""
+    names = {f"{layer_name}.input_{step}" for step in CHAIN_STEPS}
+    nodes = [node for node in proto.graph.node if node.name in names]
+    if not nodes or nodes[-1].op_type != "DequantizeLinear":
+        raise ExportError(f"layer '{layer_name}': no QuantizeLinear/DequantizeLinear on its input in the file")
+    return nodes[0].input[0], nodes, nodes[-1].output[0]
 
 
 def layers_whose_file_codes_differ(model, proto) -> list[str]:
