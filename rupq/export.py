@@ -40,33 +40,15 @@ def progress(message: str) -> None:
 # ---- the model ------------------------------------------------------------------------------
 
 def load_model(checkpoint: Path, config_path: Path):
-    """``(model in eval mode, task)``: the checkpoint's architecture, wrapped by the config's
-    model parser when the checkpoint is quantized, with the checkpoint's state loaded."""
+    """``(model in eval mode, task)``: the checkpoint rebuilt by its run's config, by the rules
+    ``--checkpoint_path`` follows (:meth:`Task.load_trained_model`)."""
     from rupq.config import load_config
-    from rupq.models import create_model
-    from rupq.tools.training.task import Task, describe_arch, quantizer_settings, settings_difference
-    from rupq.tools.utils.checkpoint import MODEL_FORMAT, load_checkpoint
+    from rupq.tools.training.task import Task
 
-    saved = load_checkpoint(checkpoint, MODEL_FORMAT)
     task = load_config(config_path).get("task")
     if not isinstance(task, Task):
         raise ConfigError(f"{config_path} has no top-level `task: !Task`")
-    wanted = {"name": task.model_arch, "kwargs": task.model_kwargs}
-    if task.model_arch and saved["arch"] != wanted:
-        raise CheckpointError(
-            f"{checkpoint} holds {describe_arch(saved['arch'])} but {config_path} builds {describe_arch(wanted)}"
-        )
-    model = create_model(saved["arch"]["name"], **saved["arch"]["kwargs"])
-    if saved["quantized"] != (task.model_parser is not None):
-        kinds = ("a quantized", "a full-precision") if saved["quantized"] else ("a full-precision", "a quantized")
-        raise CheckpointError(f"{checkpoint} holds {kinds[0]} model but {config_path} describes {kinds[1]} one")
-    if task.model_parser is not None:
-        model = task.model_parser.parse(model)
-        difference = settings_difference(saved.get("quantizers") or quantizer_settings(model), quantizer_settings(model))
-        if difference:
-            raise CheckpointError(f"{checkpoint} does not fit the model_parser of {config_path}: {difference}")
-    Task._load_state(model, saved["state_dict"], checkpoint)
-    return model.eval(), task
+    return task.load_trained_model(checkpoint).eval(), task
 
 
 # ---- inputs ---------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def test_resume_a_full_precision_run_with_a_quantized_config(trained, capsys, tm
     _, fp, _ = trained
     status, line = run(capsys, "--config", QUICKSTART_RUPQ, "--logdir", tmp_path / "r", "--checkpoint_path",
                        fp / "checkpoints/last.ckpt", "--set", "task.epochs=2", *TINY)
-    assert status == 2 and "was written by a full-precision run but the config quantizes the model" in line
+    assert status == 2 and "holds a full-precision model but the config quantizes the model" in line
 
 
 def test_load_a_quantized_model_into_a_full_precision_config(trained, capsys, tmp_path):

@@ -105,6 +105,22 @@ def settings_difference(saved: dict[str, dict], built: dict[str, dict]) -> str |
     return f"{name} has {key} {saved[name][key]} in the checkpoint but {built[name][key]} in the config{more}"
 
 
+def load_state(model: nn.Module, state: dict, source, saved_quantizers: dict | None = None) -> None:
+    """Load a checkpoint's ``state`` into ``model``, built and quantized for it: first the quantizer
+    settings it was saved with (``saved_quantizers``; None in checkpoints older than them) against
+    the model's, then the tensors; either mismatch is one line naming ``source``. The one loader of
+    ``--load``, ``--checkpoint_path``, ``rupq export`` and ``rupq.load``."""
+    if saved_quantizers is not None:
+        difference = settings_difference(saved_quantizers, quantizer_settings(model))
+        if difference:
+            raise CheckpointError(f"{source} does not fit the config's model_parser: {difference}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise CheckpointError(f"{source} does not fit the model: {' '.join(lines[1:3])[:300]}") from None
+
+
 class Task:
     """One experiment: a model (``model_arch`` or ``--load``), optionally quantized by
     ``model_parser``, trained for ``epochs`` by ``training_loop`` with ``optimizers``."""
@@ -208,19 +224,12 @@ class Task:
             return model, saved["state_dict"]
         if source == self._resume_source and self.model_parser is not None:
             raise CheckpointError(
-                f"{source} was written by a full-precision run but the config quantizes the model (model_parser): "
-                "resume with the full-precision config, or start quantization with --load MODEL.ckpt"
+                f"{source} holds a full-precision model but the config quantizes the model (model_parser): "
+                "use the full-precision config, or start quantization with --load MODEL.ckpt"
             )
-        self._load_state(model, saved["state_dict"], source)
+        load_state(model, saved["state_dict"], source)
         return model, None
 
-    @staticmethod
-    def _load_state(model: nn.Module, state: dict, source) -> None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            raise CheckpointError(f"{source} does not fit the model: {' '.join(lines[1:3])[:300]}") from None
 
     def build_model(self, context: RunContext, resume_state: dict | None = None) -> nn.Module:
         self._resume_source = context.checkpoint_path if resume_state is not None else None
@@ -232,13 +241,15 @@ class Task:
             except RupqError as error:
                 raise error.at(location_of(self.model_parser))
         if pending_state is not None:
-            source = context.checkpoint_path or context.load
-            if self._saved_quantizers is not None:  # checkpoints written before quantizer settings were saved have none
-                difference = settings_difference(self._saved_quantizers, quantizer_settings(model))
-                if difference:
-                    raise CheckpointError(f"{source} does not fit the config's model_parser: {difference}")
-            self._load_state(model, pending_state, source)
+            load_state(model, pending_state, context.checkpoint_path or context.load, self._saved_quantizers)
         return model.to(context.device)
+
+    def load_trained_model(self, path) -> nn.Module:
+        """The model that a run of this config wrote to ``path`` (its ``model.ckpt``), rebuilt by the
+        rules of ``--checkpoint_path``: the recorded architecture (the config's, when it names one),
+        quantized by the config's model_parser exactly when the checkpoint is. On the CPU."""
+        saved = load_checkpoint(path, MODEL_FORMAT)
+        return self.build_model(RunContext(None, torch.device("cpu"), checkpoint_path=str(path)), {"model": saved})
 
     def initialize_quantizers(self, model: nn.Module, context: RunContext) -> None:
         """Initialise every quantizer on the full first batch, before any replication."""
