@@ -12,7 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 from rupq.errors import ConfigError
-from rupq.models.named import build_named, load_pretrained, split_source
+from rupq.models.named import build_named, is_torchvision_name, load_pretrained, split_source
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -31,8 +31,10 @@ def create_model(arch: str, **kwargs) -> nn.Module:
     named = split_source(arch)
     if named is None and arch not in _MODELS:
         close = difflib.get_close_matches(arch, _MODELS, n=3, cutoff=0.5)
+        if is_torchvision_name(arch):  # the library's name without its prefix
+            close = [f"torchvision:{arch}"]
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(model_names())}"
-        raise ConfigError(f"unknown model_arch '{arch}'; {hint}, or torchvision:NAME / timm:NAME")
+        raise ConfigError(f"unknown model_arch '{arch}'; {hint} (any other model: torchvision:NAME or timm:NAME)")
     try:
         model = build_named(*named, **kwargs) if named else _MODELS[arch](**kwargs)
     except (TypeError, ValueError) as error:  # arguments the builder does not take or accept

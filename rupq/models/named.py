@@ -35,10 +35,18 @@ def _closest(name: str, known) -> str:
     return f"did you mean {', '.join(close)}?" if close else "none is close"
 
 
-def _torchvision_builder_name(name: str) -> str:
+def _torchvision_names() -> list[str]:
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def is_torchvision_name(name: str) -> bool:
+    return name in _torchvision_names()
+
+
+def _torchvision_builder_name(name: str) -> str:
+    known = _torchvision_names()
     if name not in known:
         raise ConfigError(f"unknown model_arch 'torchvision:{name}' (torchvision's classification models, "
                           f"torchvision.models.list_models()); {_closest(name, known)}")

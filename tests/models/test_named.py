@@ -40,7 +40,7 @@ def test_named_models_take_the_configs_arguments(arch, kwargs):
      "classification models, torchvision.models.list_models()); did you mean mobilenet_v3_small"),
     ("torchvision:fasterrcnn_resnet50_fpn", "unknown model_arch 'torchvision:fasterrcnn_resnet50_fpn'"),
     ("timm:resnet18e", "unknown model_arch 'timm:resnet18e' (timm.list_models()); did you mean resnet18"),
-    ("mobilenet_v3_small", "unknown model_arch 'mobilenet_v3_small'; "),
+    ("mobilenet_v3_small", "unknown model_arch 'mobilenet_v3_small'; did you mean torchvision:mobilenet_v3_small?"),
 ])
 def test_unknown_names_are_one_line_with_the_closest_names(arch, message):
     with pytest.raises(ConfigError) as error:
