@@ -1,4 +1,4 @@
-"""SPEC §1 written literally as a chain of torch ops, for timing against the framework's formula.
+"""docs/quantization.md's formula written literally as a chain of torch ops, timed against the framework's.
 
 It is what a researcher would write first: ``torch.std``, the EMA mixing, ``clamp`` with
 tensor bounds, the ``(s - s g).detach() + s g`` gradient scale and the ``(round(v) - v).detach()

@@ -9,7 +9,7 @@ in onnxruntime on a batch (validation data when the config's dataset is availabl
 against the model in eval mode layer by layer (:mod:`rupq.deploy.verify`: weights, each input
 quantizer alone and on the batch, the outputs within one quantization step), failing with the
 name of the first layer that differs; then write the file atomically. ``--format torch`` writes the
-same integers as a ``weights_only``-loadable file instead (layout in the README, section Export).
+same integers as a ``weights_only``-loadable file instead (layout in docs/export.md, section Integer checkpoint).
 """
 
 import argparse

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one script:
 #   1. the compiled quantizer formula on CUDA against the CPU oracle (tests/quantizers/test_cuda.py);
-#   2. bench/bench_qat.py --device cuda: QAT vs FP step time, batch 256, 224×224 (the README's GPU rows);
+#   2. bench/bench_qat.py --device cuda: QAT vs FP step time, batch 256, 224×224 (docs/performance.md);
 #   3. training speed of a quantized model on all visible GPUs, in both multi-GPU modes:
 #      one process, DataParallel:   python rupq/main.py --gpu 0,1,… …
 #      one process per GPU, DDP:    torchrun --standalone --nproc_per_node N rupq/main.py …

@@ -140,7 +140,7 @@ def round_offsets_to_zero_points(model) -> None:
 # ---- the integer checkpoint -----------------------------------------------------------------
 
 def integer_checkpoint(model, arch: dict, input_size, integer_zero_points: bool) -> dict:
-    """The ``--format torch`` file (layout in the README, section Export)."""
+    """The ``--format torch`` file (layout in docs/export.md, section Integer checkpoint)."""
     import torch
 
     layers = quantized_layers(model)

@@ -1,4 +1,4 @@
-"""The slow, obviously-correct oracle: SPEC §1 written as a chain of elementary torch ops.
+"""The slow, obviously-correct oracle: docs/quantization.md's formula as a chain of elementary torch ops.
 
 Every path of :mod:`rupq.quantizers.fake_quantize` (eager and compiled) is checked against
 these functions. They follow the original implementation step by step: ``torch.std``, the clamp
@@ -45,7 +45,7 @@ def literal_std(x, dim):
 
 
 def reference_standardize(standardization, x, std_of=literal_std):
-    """``(x / σ, σ)`` with the EMA rule of SPEC §1, updating ``standardization.ema_std`` in place.
+    """``(x / σ, σ)`` with the EMA rule of docs/quantization.md, updating ``standardization.ema_std`` in place.
 
     ``std_of(x, dim)`` computes the standard deviation (``torch.std`` by default). Two correct
     std implementations differ in the last bit, which flips the rounding of codes lying on a

@@ -178,7 +178,7 @@ def test_step_gradient_scale():
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_plain_grid_matches_torch_learnable_fake_quantize(per_channel, formula):
     # torch's fused kernel decides "inside" on the *rounded* code (so x/s in (p, p + 1/2)
-    # still gets the full gradient, and an exact bound too, where SPEC §1 passes half), and
+    # still gets the full gradient, and an exact bound too, where docs/quantization.md passes μ_b), and
     # it multiplies by 1/s instead of dividing, which may
     # round a value lying halfway differently: keep the inputs away from all three cases.
     torch.manual_seed(1)

@@ -24,7 +24,7 @@ from rupq.quantizers.fake_quantize import step_gradient_scale
 
 
 def _oracle(x, step, offset, n, p, std_dims, ema, momentum, bound_gradient):
-    """SPEC §1 step by step: ``torch.std`` of ``x - o``, the EMA mixing, the literal grid."""
+    """docs/quantization.md's formula step by step: ``torch.std`` of ``x - o``, the EMA mixing, the literal grid."""
     shifted = x if offset is None else x - offset
     std = torch.std(shifted, std_dims, keepdim=True)
     sigma = std if momentum == 0 else (momentum * ema).detach() + (1 - momentum) * std

@@ -3,7 +3,7 @@
 Run as ``torchrun … ddp_worker.py --config … --logdir …``: the command line's own ``main``,
 one run per launch, so every run joins its process group and tears it down as a user's run
 does. Nothing of rupq is replaced; the two callbacks below are registered as config tags the
-way the README says a tag is added (a class in a tag package's ``__all__``):
+way docs/configs.md says a tag is added (a class in a tag package's ``__all__``):
 
 - ``!DumpProcessState``: when training ends, every process writes its unwrapped state dict as
   it holds it then to ``<logdir>/state_rank{RANK}.pt`` (only rank 0 writes checkpoints, and
