@@ -112,8 +112,8 @@ def _read_weights(path: Path) -> dict:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated download, a file that is not weights
-        raise CheckpointError(f"cannot read the pretrained weights {path}: {type(error).__name__}: "
-                              f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else 'no details'}") from None
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else "no details"
+        raise CheckpointError(f"cannot read the pretrained weights {path}: {type(error).__name__}: {detail}") from None
 
 
 def pretrained_state(source: str, name: str) -> tuple[dict, Path]:
