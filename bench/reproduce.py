@@ -20,6 +20,13 @@ models). Runs go ``--jobs`` at a time. A finished run whose config is unchanged 
 interrupted report resumes where it stopped (``--fresh`` retrains everything), and
 ``--report-only`` writes the report from the runs finished so far without training.
 
+``--ablation bound_gradient`` trains something else: LSQ+ and RUPQ with each rule for the gradient
+on a clip bound (μ = 1, the default, and μ = ½; ``bench/reproduction/derive.py``) on small_resnet
+(3 seeds) and EDSR (2 seeds) at every bit width of the report, from the same FP models (reused when
+the main report trained them in the same ``--logdir``). It writes ``OUT/bound_gradient_results.json``
+and its section of ``OUT/RESULTS.md``: the accuracy / PSNR difference against the seed spread per
+cell, and the mean |offset| of the half-wave input quantizers after training.
+
 The report ``OUT/RESULTS.md`` holds the tables, the machine, the times, a plot
 ``OUT/reproduction.png`` and the commands for the paper's full experiments; the raw numbers go to
 ``OUT/reproduction_results.json``.
@@ -35,9 +42,16 @@ from pathlib import Path
 
 # `python bench/reproduce.py` puts bench/ first on the import path: `reproduction` is bench/reproduction/.
 from reproduction.budgets import BUDGETS, METHODS, MODELS, REPO
-from reproduction.derive import ABLATIONS, ablation_config, run_config
-from reproduction.report import rupq_not_better, write_report
-from reproduction.runs import Job, Runner, run_jobs
+from reproduction.derive import (
+    ABLATIONS,
+    BOUND_GRADIENT_MODELS,
+    BOUND_GRADIENT_RULES,
+    ablation_config,
+    bound_gradient_config,
+    run_config,
+)
+from reproduction.report import rupq_not_better, write_bound_gradient_report, write_report
+from reproduction.runs import Job, Runner, half_wave_input_offsets, run_jobs
 
 SR_DEMO_SCRIPT = REPO / "scripts" / "make_sr_demo_data.py"
 
@@ -84,12 +98,19 @@ class Plan:
                 seed = self.seeds(model)[index]
                 for bits in MODELS[model].bits:
                     for method in METHODS:
-                        self.jobs.append(self.job(model, method, bits, seed, self.config(model, method, bits, seed),
-                                                  fps[model]))
+                        self.jobs += self.quantized_jobs(model, method, bits, seed, fps[model])
         return self.jobs
 
+    def quantized_jobs(self, model, method, bits, seed, fp) -> list[Job]:
+        return [self.job(model, method, bits, seed, self.config(model, method, bits, seed), fp)]
+
+    def variants(self) -> int:
+        """Quantized runs per (model, method, bit width, seed)."""
+        return 1
+
     def expected_runs(self) -> int:
-        return sum(1 + len(self.seeds(m)) * len(MODELS[m].bits) * len(METHODS) for m in self.args.models)
+        return sum(1 + len(self.seeds(m)) * len(MODELS[m].bits) * len(METHODS) * self.variants()
+                   for m in self.args.models)
 
     def ablations_after(self, finished: Job) -> list[Job]:
         """When the last run of a cell finishes and RUPQ's mean is not above LSQ+'s: the ablations of that cell."""
@@ -105,6 +126,22 @@ class Plan:
         new = [j for j in new if j.key not in known]
         self.jobs += new
         return new
+
+
+class BoundGradientPlan(Plan):
+    """``--ablation bound_gradient``: every quantized run of the report once per rule for the gradient
+    on a clip bound, as method ``<method>:<rule>`` (``lsqplus:mu_half``); no RUPQ ablations."""
+
+    def quantized_jobs(self, model, method, bits, seed, fp) -> list[Job]:
+        base = self.config(model, method, bits, seed)
+        return [self.job(model, f"{method}:{rule}", bits, seed, bound_gradient_config(value, base), fp)
+                for value, rule in BOUND_GRADIENT_RULES.items()]
+
+    def variants(self) -> int:
+        return len(BOUND_GRADIENT_RULES)
+
+    def ablations_after(self, finished: Job) -> list[Job]:
+        return []
 
 
 def metric_of(model: str) -> str:
@@ -129,7 +166,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="classification seeds of the quantized runs (mean ± std over them)")
     parser.add_argument("--sr-seeds", type=int, nargs="+", help="super-resolution seeds (default: the first two of --seeds)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS),
+                        help=f"default: all of them; with --ablation bound_gradient, {' and '.join(BOUND_GRADIENT_MODELS)}")
+    parser.add_argument("--ablation", choices=["bound_gradient"],
+                        help="train this ablation instead of the report (see the docstring); its own section of RESULTS.md")
     parser.add_argument("--no-ablations", action="store_true", help="skip the ablations of the cells RUPQ does not win")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2)")
     parser.add_argument("--threads", type=int, help="threads per run (default: usable cores / --jobs)")
@@ -146,6 +186,7 @@ def main(argv=None) -> None:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     args.command_line = "python bench/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.sr_seeds = args.sr_seeds or args.seeds[:2]
+    args.models = args.models or list(BOUND_GRADIENT_MODELS if args.ablation else MODELS)
     args.logdir = (args.logdir or Path("runs") / "reproduce" / args.budget).resolve()
     args.threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.jobs)
     if args.fashion_root:
@@ -164,20 +205,27 @@ def main(argv=None) -> None:
             print(f"[reproduce] building the real-photo demo set in {sr_root} (×{', ×'.join(map(str, scales))})",
                   flush=True)
             demo.build(sr_root, scales)
-        for model in sr_models:
+        for model in sr_models if not args.ablation else []:
             psnr = demo.bicubic_psnr(sr_root, MODELS[model].scale)
             bicubic_rows.append(dict(model=model, method="bicubic", bits=None, seed=args.sr_seeds[0], value=psnr,
                                      time_s=0.0, wall_s=0.0, cpu_s=0.0, run=str(sr_root)))
 
-    plan = Plan(args, budget, sr_root)
+    plan = (BoundGradientPlan if args.ablation else Plan)(args, budget, sr_root)
     runner = Runner(["--gpu", args.gpu] if args.gpu else [], args.threads, args.fresh, args.quiet, args.report_only)
     jobs = run_jobs(plan.build(), runner, args.jobs, on_finish=plan.ablations_after)
     rows = bicubic_rows + rows_of(jobs)
     trained_by = {"command": args.command_line, "wall_s": time.time() - started,
                   "load_average": [load_start, os.getloadavg()[0]]}
+    raw_name = "bound_gradient_results.json" if args.ablation else "reproduction_results.json"
     if args.report_only:
-        trained_by = previous_training(args.out / "reproduction_results.json", args.command_line) or trained_by
-    report = write_report(rows, args, budget, trained_by, args.out, plan.expected_runs())
+        trained_by = previous_training(args.out / raw_name, args.command_line) or trained_by
+    if args.ablation:
+        for row in rows:
+            if row["method"] != "fp":
+                row["offsets"] = half_wave_input_offsets(row["run"])
+        report = write_bound_gradient_report(rows, args, budget, trained_by, args.out, plan.expected_runs())
+    else:
+        report = write_report(rows, args, budget, trained_by, args.out, plan.expected_runs())
     print(f"[reproduce] wrote {report} in {(time.time() - started) / 60:.1f} min", flush=True)
 
 

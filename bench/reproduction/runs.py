@@ -118,6 +118,23 @@ class Runner:
         return version
 
 
+def half_wave_input_offsets(version_dir: Path) -> list[float]:
+    """The learned offsets of the half-wave input quantizers in a run's ``model.ckpt`` (the inputs
+    that follow a ReLU, whose zeros sit on the lower clip bound while the offset is 0)."""
+    import torch
+
+    saved = torch.load(Path(version_dir) / "model.ckpt", map_location="cpu", weights_only=True)
+    state = saved["state_dict"]
+    offsets = []
+    for name, settings in (saved.get("quantizers") or {}).items():
+        if not (settings["half_wave"] and name.endswith("input_quantizer")):
+            continue
+        # A model saved from inside a wrapper (compiled, DataParallel) prefixes its keys.
+        keys = [key for key in state if key == f"{name}.offset" or key.endswith(f".{name}.offset")]
+        offsets += [float(value) for key in keys for value in state[key].flatten()]
+    return offsets
+
+
 def run_jobs(jobs: list[Job], runner: Runner, workers: int, on_finish=None) -> list[Job]:
     """Run ``jobs`` (and any that ``on_finish(job)`` returns), ``workers`` at a time, a job only after
     the FP job it needs; returns every job, finished or not (``result`` None)."""

@@ -305,3 +305,117 @@ def test_the_reason_of_a_cell_follows_its_numbers():
     assert "Reason not found" in report.ablation_reason(none, gap=-0.50, noise=0.10, ablation_noise=0.20)
     partial = [("RUPQ with LSQ+'s optimizers", "part", "…")]
     assert "in part" in report.ablation_reason(partial, gap=-0.50, noise=0.10, ablation_noise=0.20)
+
+
+# ---- --ablation bound_gradient -------------------------------------------------------------------
+def quantizer_rules(derived):
+    """The ``bound_gradient`` of every input and weight quantizer prototype of a derived run."""
+    wrappers = load(derived)["task"].model_parser.wrappers.values()
+    return {quantizer.bound_gradient for wrapper in wrappers
+            for quantizer in (wrapper.quantizer.input_quantizer, wrapper.quantizer.weight_quantizer)}
+
+
+def test_bound_gradient_ablation_trains_both_methods_with_each_rule_after_the_fp(tmp_path, reproduce_script_module):
+    args = argparse.Namespace(seeds=[0, 1, 2], sr_seeds=[0, 1], models=["small_resnet", "edsr"], logdir=tmp_path,
+                              fashion_root=None, no_ablations=False)
+    plan = reproduce_script_module.BoundGradientPlan(args, BUDGETS["cpu"], tmp_path / "sr")
+    fake = FakeRunner(lambda key: 80.0)
+    jobs = runs.run_jobs(plan.build(), fake, workers=2, on_finish=plan.ablations_after)
+    quantized = [job for job in jobs if job.key[1] != "fp"]
+    expected = {(model, f"{method}:{rule}", bits, seed)
+                for model, bit_widths, seeds in (("small_resnet", (2, 3, 4), (0, 1, 2)), ("edsr", (2, 4), (0, 1)))
+                for bits in bit_widths for seed in seeds for method in ("lsqplus", "rupq") for rule in ("mu_1", "mu_half")}
+    assert {job.key for job in quantized} == expected and len(quantized) == len(expected) == 52
+    assert plan.expected_runs() == 2 + 52 and len(jobs) == 54  # no RUPQ ablations on top
+    assert all(job.needs.key == (job.key[0], "fp", None, 0) for job in quantized)  # the model's one FP run
+    for job in quantized:
+        assert job.logdir.name == f"w{job.key[2]}a{job.key[2]}_{job.key[1].replace(':', '_')}"
+    size = BUDGETS["cpu"].models["small_resnet"]
+    main_run = derive.classification_config("small_resnet", "rupq", 3, size, 1, None)
+    by_key = {job.key: job for job in jobs}
+    half, one = by_key[("small_resnet", "rupq:mu_half", 3, 1)], by_key[("small_resnet", "rupq:mu_1", 3, 1)]
+    assert quantizer_rules(half.derived) == {0.5} and quantizer_rules(one.derived) == {1.0}
+    assert quantizer_rules(main_run) == {1.0}  # the default
+    # The rest of the recipe is the main report's run; μ = 1 is written out, so that a run trained
+    # before the default changed is not reused for it.
+    assert half.derived.overrides[:len(main_run.overrides)] == main_run.overrides
+    assert one.derived.effective_text() != main_run.effective_text()
+    assert quantizer_rules(by_key[("edsr", "lsqplus:mu_half", 2, 0)].derived) == {0.5}
+
+
+def test_half_wave_input_offsets_are_read_from_the_checkpoint(tmp_path):
+    import torch
+
+    from rupq.models import create_model
+    from rupq.tools.training.task import model_checkpoint
+
+    model = load_config(REPO / "rupq/examples/quickstart/w4a4_rupq.yaml")["model_parser"].parse(create_model("small_resnet"))
+    offsets = {name: module for name, module in model.named_modules() if name.endswith("input_quantizer")}
+    with torch.no_grad():
+        for index, quantizer in enumerate(offsets.values()):
+            quantizer.offset.fill_(0.25 * index)
+    (tmp_path / "version_0").mkdir()
+    torch.save(model_checkpoint(model), tmp_path / "version_0" / "model.ckpt")
+    expected = [0.25 * index for index, (name, q) in enumerate(offsets.items()) if q.half_wave]
+    assert len(expected) == len(offsets) - 1  # conv1's input (the image) is signed
+    assert runs.half_wave_input_offsets(tmp_path / "version_0") == expected
+
+
+def bound_gradient_rows(seeds, moved_offsets):
+    """Made-up ablation rows: μ = ½ is 1.0 better at 2 bits for RUPQ, otherwise within 0.1."""
+    rows = [dict(model="small_resnet", method="fp", bits=32, seed=seeds[0], value=90.0, time_s=1.0, wall_s=1.0,
+                 cpu_s=1.0, run="x")]
+    for seed in seeds:
+        for bits in (2, 3, 4):
+            for method in ("lsqplus", "rupq"):
+                for rule, gain, offset in (("mu_1", 0.0, 0.0), ("mu_half", 1.0 if (method, bits) == ("rupq", 2) else 0.1,
+                                                                moved_offsets)):
+                    rows.append(dict(model="small_resnet", method=f"{method}:{rule}", bits=bits, seed=seed,
+                                     value=80.0 + bits + seed * 0.2 + gain, time_s=1.0, wall_s=1.0, cpu_s=1.0,
+                                     run="x", offsets=[offset, 0.0, -offset]))
+    return rows
+
+
+def test_bound_gradient_report_gives_differences_verdicts_and_offsets_in_results_md(tmp_path):
+    main_report = report.write_report(fake_rows([0, 2]), report_args(), BUDGETS["cpu"], TRAINED_BY, tmp_path, 13)
+    args = report_args(command_line="python bench/reproduce.py --ablation bound_gradient --models small_resnet")
+    trained = dict(TRAINED_BY, command=args.command_line, wall_s=1800.0)
+    report.write_bound_gradient_report(bound_gradient_rows([0, 2], 0.03), args, BUDGETS["cpu"], trained, tmp_path,
+                                       1 + 24)
+    text = main_report.read_text()
+    section = text[text.index("## Ablation: the gradient on a clip bound"):]
+    assert text.index("## Ablations") < text.index("## Ablation: the gradient") < text.index("## How the runs were")
+    assert "wall-clock 30.0 min" in section and "pytorch/pytorch#191142" in section
+    # seeds 0 and 2 at 2 bits: μ = 1 → 82.0, 82.4; μ = ½ → 83.0, 83.4 (spread 0.28): + 1.00 beyond it
+    assert ("| small_resnet | RUPQ | 2/2 | 82.20 ± 0.28 | 83.20 ± 0.28 | +1.00 ± 0.00 | +1.00, +1.00 | 0.28 | "
+            "μ = ½ better | 0 (6/6 at 0) | 0.02 (2/6 at 0) |") in section
+    assert "| small_resnet | LSQ+ | 3/3 | 83.20 ± 0.28 | 83.30 ± 0.28 | +0.10 ± 0.00 | +0.10, +0.10 | 0.28 | within the spread |" in section
+    assert "cells beyond the seed spread: small_resnet RUPQ 2/2 (μ = ½ better)." in section
+    assert "- Offsets: μ = 1 0 (36/36 at 0), μ = ½ 0.02 (12/36 at 0)" in section
+    raw = json.loads((tmp_path / "bound_gradient_results.json").read_text())
+    assert raw["trained_by"] == trained and len(raw["rows"]) == 25
+
+    # Rewritten, not repeated; and a main report written afterwards keeps it.
+    report.write_bound_gradient_report(bound_gradient_rows([0, 2], 0.06), args, BUDGETS["cpu"], trained, tmp_path, 25)
+    text = main_report.read_text()
+    assert text.count("## Ablation: the gradient") == 1 and "0.04 (2/6 at 0)" in text
+    report.write_report(fake_rows([0, 2]), report_args(), BUDGETS["cpu"], TRAINED_BY, tmp_path, 13)
+    text = main_report.read_text()
+    assert text.count("## Ablation: the gradient") == 1 and "0.04 (2/6 at 0)" in text
+
+
+def test_bound_gradient_ablation_command_line(tmp_path):
+    """``--ablation bound_gradient`` on its own models by default; --report-only trains nothing and
+    says how many runs are missing."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    command = [sys.executable, str(SCRIPT), "--ablation", "bound_gradient", "--models", "small_resnet", "--seeds", "4",
+               "--report-only", "--out", str(tmp_path / "docs"), "--logdir", str(tmp_path / "runs")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("not finished") == 1  # the FP run; nothing can start without it
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "**Incomplete: 0 of the 12 quantized runs had finished.**" in text
+    assert "| small_resnet | RUPQ | 4/4 | not finished | not finished | not finished |" in text
+    help_text = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, env=env).stdout
+    assert "--ablation {bound_gradient}" in help_text and "small_resnet and edsr" in help_text
