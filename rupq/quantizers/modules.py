@@ -8,6 +8,7 @@ original layer, which stays reachable as ``.module`` (``conv1.module.weight``).
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from rupq.errors import ConfigError
 from rupq.quantizers.quantizers import StepQuantizer
@@ -59,13 +60,17 @@ class QuantModule(nn.Module):
             raise ConfigError(f"{type(self).__name__}: quantizer must be a ModuleQuantizer, got {quantizer!r}")
         self.quantizer = quantizer
         self._weight_cache: tuple | None = None
+        self._own_forward = False
 
     def attach(self, module: nn.Module, input_bit_width: int, weight_bit_width: int, half_wave: bool, layer_name: str) -> "QuantModule":
-        if type(module) is not self.wrapped_type:
+        if not isinstance(module, self.wrapped_type):
             raise ConfigError(
                 f"layer '{layer_name}' is a {type(module).__name__}; {type(self).__name__} wraps {self.wrapped_type.__name__} layers"
             )
         self.module = module
+        # A subclass that overrides forward (timm's Conv2dSame pads on the fly) runs its own
+        # forward with the quantized weight; plain layers keep the direct functional call.
+        self._own_forward = type(module).forward is not self.wrapped_type.forward
         self.quantizer.configure(list(module.weight.shape), input_bit_width, weight_bit_width, half_wave, layer_name)
         self.quantizer.to(module.weight.device)
         return self
@@ -114,6 +119,8 @@ class QuantModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "module"):
             raise RuntimeError(f"{type(self).__name__} prototype has no layer; ModelParser attaches one")
+        if self._own_forward:
+            return functional_call(self.module, {"weight": self.quantized_weight()}, (self.quantizer.input_quantizer(x),))
         return self._layer(self.quantizer.input_quantizer(x), self.quantized_weight(), self.bias)
 
     def _layer(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -121,7 +128,8 @@ class QuantModule(nn.Module):
 
 
 class QuantConv2d(QuantModule):
-    """``conv2d(quantize(x), quantize(w))`` with the wrapped ``Conv2d``'s bias, stride, padding, dilation and groups."""
+    """``conv2d(quantize(x), quantize(w))`` with the wrapped ``Conv2d``'s bias, stride, padding, dilation and groups
+    (a subclass's own forward when it overrides it)."""
 
     wrapped_type = nn.Conv2d
 

@@ -42,7 +42,7 @@ def _parser_from_example(model_name, recipe):
     return yaml.load(path.read_text(), Loader=_TagLoader)["model_parser"]
 
 
-def _rupq_parser(input_bit_width, weight_bit_width, half_wave, with_linear=True, n_iters=300):
+def _rupq_parser(input_bit_width, weight_bit_width, half_wave, with_linear=True, n_iters=300, skip=None):
     """ModelParser built in Python like the seed's w2a2_rupq.yaml (fewer candidate steps if asked)."""
 
     def prototype(layer_type, weight_dims):
@@ -56,7 +56,7 @@ def _rupq_parser(input_bit_width, weight_bit_width, half_wave, with_linear=True,
     wrappers = {"Conv2d": prototype(QuantConv2d, [1, 2, 3])}
     if with_linear:
         wrappers["Linear"] = prototype(QuantLinear, [1])
-    return ModelParser(wrappers, input_bit_width, weight_bit_width, half_wave)
+    return ModelParser(wrappers, input_bit_width, weight_bit_width, half_wave, skip)
 
 
 def _layer_names(model, types=(nn.Conv2d, nn.Linear)):
@@ -164,10 +164,16 @@ def test_parser_errors(options, message):
     assert str(error.value) == message
 
 
-def test_type_key_absent_from_the_model():
+def test_type_key_absent_from_the_model_wraps_nothing():
     parser = _rupq_parser({"default": 4}, {"default": 4}, {"default": True})
-    with pytest.raises(ConfigError, match="'Linear' is neither a module type nor a layer name of the model$"):
-        parser.parse(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    model = parser.parse(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    assert isinstance(model[0], QuantConv2d)
+
+
+def test_model_without_supported_layer():
+    parser = _rupq_parser({"default": 4}, {"default": 4}, {"default": True})
+    with pytest.raises(ConfigError, match=r"^model_parser wraps no layer of this Sequential: the wrappers \(Conv2d, Linear\)"):
+        parser.parse(nn.Sequential(nn.Conv1d(3, 4, 3), nn.Embedding(4, 4)))
 
 
 def test_unknown_wrapper_key():
@@ -184,3 +190,182 @@ def test_wrapper_for_the_wrong_layer_type():
     with pytest.raises(ConfigError) as error:
         parser.parse(torchvision.models.resnet18())
     assert str(error.value) == "layer 'fc' is a Linear; QuantConv2d wraps Conv2d layers"
+
+
+class _SamePadConv(nn.Conv2d):
+    """Pads on the fly like timm's Conv2dSame ("same" output size for any input size)."""
+
+    def forward(self, x):
+        height, width = x.shape[-2:]
+        pad_h = max((-(-height // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - height, 0)
+        pad_w = max((-(-width // self.stride[1]) - 1) * self.stride[1] + self.kernel_size[1] - width, 0)
+        x = nn.functional.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _PlainLinearSubclass(nn.Linear):
+    pass
+
+
+def _relative_error(out, ref):
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+def _sixteen_bit_parser(weight_bit_width=16):
+    exceptions = {} if weight_bit_width == 16 else {"0": weight_bit_width}
+    return _rupq_parser({"default": 16}, {"default": 16, "exceptions": exceptions}, {"default": False}, n_iters=2)
+
+
+def _subclass_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        _SamePadConv(3, 8, 4, stride=2, bias=True),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, padding_mode="reflect"),
+        nn.Flatten(),
+        _PlainLinearSubclass(8 * 8 * 8, 5),
+        nn.modules.linear.NonDynamicallyQuantizableLinear(5, 3),
+    ).eval()
+
+
+@pytest.mark.parametrize("first_weight_bits,close", [(16, True), (2, False)])
+def test_subclasses_are_wrapped_and_compute_what_they_computed(first_weight_bits, close):
+    """At 16 bits the wrapped model computes the float one's outputs, the on-the-fly padding of
+    the subclass included; at 2 bits on its weight the output moves: its forward gets the quantized weight."""
+    model = _subclass_model()
+    x = torch.randn(2, 3, 15, 15)
+    with torch.no_grad():
+        ref = model(x)
+        _sixteen_bit_parser(first_weight_bits).parse(model)
+        out = model(x)
+    assert [type(model[i].module) for i in (0, 1, 3, 4)] == [
+        _SamePadConv, nn.Conv2d, _PlainLinearSubclass, nn.modules.linear.NonDynamicallyQuantizableLinear
+    ]
+    assert out.shape == ref.shape == (2, 3)
+    assert (_relative_error(out, ref) < 1e-2) is close
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_multihead_attention_out_proj_stays_in_float_with_its_reason():
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        ref = model(x)
+        _sixteen_bit_parser().parse(model)
+        out = model(x)
+    assert type(model.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert isinstance(model.head, QuantLinear)
+    assert model.rupq_float_layers == {
+        "attn.out_proj": "read directly by its parent MultiheadAttention (its forward uses out_proj.weight)"
+    }
+    assert _relative_error(out, ref) < 1e-2
+
+
+def test_naming_a_layer_read_by_its_parent_is_an_error():
+    parser = _sixteen_bit_parser()
+    parser.wrappers["attn.out_proj"] = parser.wrappers["Linear"]
+    with pytest.raises(ConfigError) as error:
+        parser.parse(_Attention())
+    assert str(error.value) == (
+        "model_parser.wrappers: layer 'attn.out_proj' cannot be quantized: "
+        "read directly by its parent MultiheadAttention (its forward uses out_proj.weight)"
+    )
+
+
+def test_patterns_in_wrappers_exceptions_and_skip():
+    model = torchvision.models.resnet18()
+    special = QuantConv2d(ModuleQuantizer(StepQuantizer(MinErrorInitializer()), StepQuantizer(MinErrorInitializer())))
+    parser = _rupq_parser(
+        {"default": 4, "exceptions": {"layer1.*": 3, "layer1.0.conv2": 5, "*.downsample.0": 6}},
+        {"default": 4, "exceptions": {"*": 2, "layer4.*": 3}},
+        {"default": True},
+    )
+    parser.wrappers["layer2.?.conv1"] = special
+    parser.skip = ["layer3.*"]
+    parser.parse(model)
+    settings = _settings(model)
+    assert settings["layer1.0.conv1"] == (3, 2, True) and settings["layer1.0.conv2"] == (5, 2, True)
+    assert settings["layer2.0.downsample.0"] == (6, 2, True) and settings["layer4.1.conv2"] == (4, 3, True)
+    assert type(model.layer2[0].conv1.quantizer.input_quantizer) is StepQuantizer
+    assert type(model.layer2[1].conv1.quantizer.input_quantizer) is StepQuantizer
+    assert type(model.layer2[0].conv2.quantizer.input_quantizer) is StepOffsetQuantizer
+    assert not any(name.startswith("layer3.") for name in settings)
+    assert type(model.layer3[0].conv1) is nn.Conv2d
+    assert model.rupq_float_layers["layer3.1.conv2"] == "skipped by pattern 'layer3.*'"
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (
+            {"input_bit_width": {"default": 4, "exceptions": {"layer5.*": 8}}},
+            "model_parser.input_bit_width.exceptions: 'layer5.*' matches no wrapped layer; closest: layer4.1.conv2, layer4.1.conv1, layer4.0.conv2",
+        ),
+        ({"skip": ["layer9.*"]}, "model_parser.skip: 'layer9.*' matches no wrapped layer; closest: layer4.1.conv2, layer4.1.conv1, layer4.0.conv2"),
+        ({"skip": "fc1"}, "model_parser.skip: 'fc1' is not a wrapped layer; closest: fc, conv1"),
+    ],
+)
+def test_patterns_matching_nothing(options, message):
+    settings = {"input_bit_width": {"default": 4}, "weight_bit_width": {"default": 4}, "half_wave": {"default": True}}
+    settings.update(options)
+    with pytest.raises(ConfigError) as error:
+        _rupq_parser(**settings).parse(torchvision.models.resnet18())
+    assert str(error.value) == message
+
+
+def test_wrapper_pattern_matching_nothing():
+    parser = _rupq_parser({"default": 4}, {"default": 4}, {"default": True})
+    parser.wrappers["features.*"] = parser.wrappers["Conv2d"]
+    with pytest.raises(ConfigError) as error:
+        parser.parse(torchvision.models.resnet18())
+    assert str(error.value).startswith("model_parser.wrappers: 'features.*' is neither a module type nor a layer name of the model")
+
+
+def _first_last_layers(model):
+    bits = {"default": 4, "exceptions": {"<first>": 8, "<last>": 7}}
+    _rupq_parser(bits, {"default": 4}, {"default": True}, n_iters=10).parse(model)
+    return sorted((bits, name) for name, (bits, _, _) in _settings(model).items() if bits != 4)
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs,first,last",
+    [
+        ("resnet18", {}, "conv1", "fc"),
+        ("mobilenet_v2", {}, "features.0.0", "classifier.1"),
+        ("srresnet", {}, "conv1.0", "conv3.0"),
+        ("edsr", {}, "head.0", "tail.1"),
+        ("yolo_v3", {}, "module_list.0.conv_0", "module_list.105.conv_105"),
+    ],
+)
+def test_first_and_last_are_the_layers_the_seed_configs_name(arch, kwargs, first, last):
+    """Registration order gives the layers the seed configs keep at 8 bits: the first layer of
+    every model, the last of the SR models (the classification seeds keep their fc at the default)."""
+    from rupq.models import create_model
+
+    assert _first_last_layers(create_model(arch, **kwargs)) == [(7, last), (8, first)]
+    seed_configs = Path(__file__).resolve().parents[2] / "rupq" / "examples" / "quantized"
+    named = {"resnet18": "classification/resnet18", "mobilenet_v2": "classification/mobilenet_v2",
+             "srresnet": "superresolution/srresnet", "edsr": "superresolution/edsr", "yolo_v3": "object_detection"}[arch]
+    paths = sorted((seed_configs / named).glob("*.yaml"))
+    assert paths
+    for path in paths:
+        model = create_model(arch, **kwargs)
+        yaml.load(path.read_text(), Loader=_TagLoader)["model_parser"].parse(model)
+        eight_bit = {name for name, (bits, _, _) in _settings(model).items() if bits == 8}
+        assert first in eight_bit and eight_bit <= {first, last}, path
+
+
+def test_exact_name_wins_over_first_last_which_win_over_patterns():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3))
+    bits = {"default": 4, "exceptions": {"0": 5, "<first>": 8, "<last>": 8, "*": 3}}
+    _rupq_parser(bits, {"default": 4}, {"default": True}, with_linear=False, n_iters=10).parse(model)
+    assert [bits for bits, _, _ in _settings(model).values()] == [5, 3, 8]
