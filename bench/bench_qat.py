@@ -1,18 +1,20 @@
 """Cost of quantization-aware training against full precision, measured side by side.
 
-    python bench/bench_qat.py [--device cpu|cuda] [--steps N]
+    python bench/bench_qat.py [--device cpu|cuda] [--steps N] [--model NAME] [--batch B] [--size S]
 
 torchvision resnet18 (CPU: batch 8, 112x112; CUDA: batch 256, 224x224; float32), SGD steps on
-one fixed batch. Side by side in one process, the models taking turns step by step so that
-background load hits them alike:
+one fixed batch. ``--model`` takes any ``model_arch`` (``torchvision:efficientnet_b0``,
+``timm:resnet18d``, …), quantized by the same recipes, whose 8-bit first layer (``conv1`` of
+resnet18) becomes the model's first ``Conv2d``/``Linear``. Side by side in one process, the
+models taking turns step by step so that background load hits them alike:
 
 - ``FP eager``: the full-precision model;
 - ``RUPQ w4a4`` / ``LSQ+ w4a4``: quantized by the paper's recipe, the quantizers compiled
   (the default: :mod:`rupq.quantizers.fake_quantize` under ``torch.compile``), the rest eager;
 - ``RUPQ w4a4, eager formula``: the same formula uncompiled (``RUPQ_COMPILE=0``);
 - ``chain-of-ops reference``: SPEC §1 written literally (``bench/chain_reference.py``);
-- ``conv1 input quantizer frozen``: RUPQ w4a4 without gradients for the first layer's input
-  step and offset, so that autograd skips conv1's input gradient (the images need none): the
+- ``first layer's input quantizer frozen``: RUPQ w4a4 without gradients for the first layer's
+  input step and offset, so that autograd skips that layer's input gradient (the images need none): the
   difference to RUPQ w4a4 is what that gradient costs, the most a first-layer shortcut could save;
 - ``weight quantizers only`` / ``input quantizers only``: RUPQ w4a4 with the other side's
   quantizers swapped for ``nn.Identity`` (training only): where the quantized step's extra time goes;
@@ -31,6 +33,7 @@ own subprocess: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). As
 """
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -40,22 +43,25 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 from bench.chain_reference import install_chain_reference
-from rupq.config import load_config
+from rupq.config import config_tree, load_config
+from rupq.errors import RupqError
+from rupq.models import create_model
 from rupq.quantizers import MinErrorInitializer, initialize_quantizers
 from rupq.quantizers.compiled import quantize
 from rupq.quantizers.modules import QuantModule
 
 RECIPES = Path(__file__).resolve().parents[1] / "rupq" / "examples" / "quantized" / "classification" / "resnet18"
+DEFAULT_MODEL = "torchvision:resnet18"
+RECIPE_FIRST_LAYER = "conv1"  # the recipes' per-layer exceptions name resnet18's first layer
 TARGETS = {"train": 1.20, "train_compiled": 1.15, "eval": 1.10, "memory": 1.30, "init_s": 3.0}
 NAMES = {
     "fp": "FP eager",
     "rupq": "RUPQ w4a4 (compiled quantizers)",
     "lsqplus": "LSQ+ w4a4 (compiled quantizers)",
     "rupq_eager": "RUPQ w4a4, eager formula",
-    "rupq_no_input_grad": "RUPQ w4a4, conv1 input quantizer frozen",
+    "rupq_no_input_grad": "RUPQ w4a4, {first} input quantizer frozen",
     "rupq_weights_only": "RUPQ w4a4, weight quantizers only",
     "rupq_inputs_only": "RUPQ w4a4, input quantizers only",
     "rupq_identity": "RUPQ w4a4 layers, quantizers return x",
@@ -66,8 +72,13 @@ NAMES = {
 }
 
 
+#: What is measured: the model (a ``model_arch``), batch and image size; ``main`` sets them.
+SETUP = {"model": DEFAULT_MODEL, "batch": None, "size": None, "first": RECIPE_FIRST_LAYER}
+
+
 def _shape(device: str) -> tuple[int, int]:
-    return (256, 224) if device == "cuda" else (8, 112)
+    batch, size = (256, 224) if device == "cuda" else (8, 112)
+    return SETUP["batch"] or batch, SETUP["size"] or size
 
 
 def _sync(device: str) -> None:
@@ -83,9 +94,45 @@ def _batch(device: str):
     return images, labels
 
 
-def recipe_parser(recipe: str):
-    """The ``ModelParser`` of ``rupq/examples/quantized/classification/resnet18/<recipe>.yaml``."""
-    return load_config(RECIPES / f"{recipe}.yaml")["model_parser"]
+def first_layer(model: torch.nn.Module) -> str:
+    """The name of the layer that reads the input: the model's first ``Conv2d``/``Linear``."""
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    return next(name for name, module in model.named_modules() if isinstance(module, layers))
+
+
+def recipe_parser(recipe: str, model: torch.nn.Module):
+    """The ``ModelParser`` of ``rupq/examples/quantized/classification/resnet18/<recipe>.yaml``, its
+    per-layer exceptions moved from resnet18's ``conv1`` to ``model``'s first layer."""
+    path = RECIPES / f"{recipe}.yaml"
+    first = first_layer(model)
+    overrides = []
+    if first != RECIPE_FIRST_LAYER:
+        settings = config_tree(path)["model_parser"]
+        for option in ("input_bit_width", "weight_bit_width", "half_wave"):
+            exceptions = settings[option].get("exceptions") or {}
+            moved = {first if name == RECIPE_FIRST_LAYER else name: value for name, value in exceptions.items()}
+            overrides.append(f"model_parser.{option}.exceptions={json.dumps(moved)}")
+    return load_config(path, overrides)["model_parser"]
+
+
+def build_model(device: str) -> torch.nn.Module:
+    return create_model(SETUP["model"]).to(device)
+
+
+_initialized = {}
+
+
+def initialized_model(recipe: str, device: str, images) -> torch.nn.Module:
+    """A copy of the model quantized by ``recipe`` with its quantizers initialised on ``images``:
+    initialised once per recipe (the variants start from the same state; on a large model each
+    initialisation takes minutes on the CPU)."""
+    if recipe not in _initialized:
+        torch.manual_seed(0)
+        model = build_model(device)
+        recipe_parser(recipe, model).parse(model)
+        initialize_quantizers(model, images)
+        _initialized[recipe] = model
+    return copy.deepcopy(_initialized[recipe])
 
 
 class Variant:
@@ -94,14 +141,15 @@ class Variant:
     def __init__(self, kind: str, device: str, images, labels):
         torch.manual_seed(0)
         self.kind, self.images, self.labels = kind, images, labels
-        self.model = torchvision.models.resnet18().to(device)
         if kind != "fp" and kind != "fp_compiled":
-            recipe_parser("w4a4_lsqplus" if kind == "lsqplus" else "w4a4_rupq").parse(self.model)
-            initialize_quantizers(self.model, images)
+            self.model = initialized_model("w4a4_lsqplus" if kind == "lsqplus" else "w4a4_rupq", device, images)
+        else:
+            self.model = build_model(device)
         if kind == "reference":
             install_chain_reference(self.model)
         if kind == "rupq_no_input_grad":
-            self.model.conv1.quantizer.input_quantizer.requires_grad_(False)
+            first = next(layer for layer in self.model.modules() if isinstance(layer, QuantModule))
+            first.quantizer.input_quantizer.requires_grad_(False)
         replaced = {
             "rupq_weights_only": ["input_quantizer"],
             "rupq_inputs_only": ["weight_quantizer"],
@@ -164,11 +212,12 @@ def interleaved_medians(functions: dict, device: str, steps: int, warmup: int) -
     return {name: statistics.median(values) for name, values in times.items()}, first
 
 
-def initialization_seconds(device: str, images) -> tuple[float, float]:
-    """(initialize_quantizers wall time, of which inside MinErrorInitializer) for RUPQ w4a4 resnet18."""
+def initialization_seconds(device: str, images) -> tuple[float, float, int]:
+    """(initialize_quantizers wall time, of which inside MinErrorInitializer, number of quantizers)
+    for the model at RUPQ w4a4."""
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().to(device)
-    recipe_parser("w4a4_rupq").parse(model)
+    model = build_model(device)
+    recipe_parser("w4a4_rupq", model).parse(model)
     spent = [0.0]
     original = MinErrorInitializer.__call__
 
@@ -185,7 +234,7 @@ def initialization_seconds(device: str, images) -> tuple[float, float]:
         total = _timed(lambda: initialize_quantizers(model, images), device)
     finally:
         MinErrorInitializer.__call__ = original
-    return total, spent[0]
+    return total, spent[0], 2 * sum(isinstance(layer, QuantModule) for layer in model.modules())
 
 
 def memory_child(kind: str, device: str, steps: int) -> None:
@@ -215,7 +264,8 @@ def _peak_rss_bytes() -> int:
 
 
 def peak_memory(kind: str, device: str) -> int:
-    command = [sys.executable, "-m", "bench.bench_qat", "--device", device, "--memory-child", kind]
+    command = [sys.executable, "-m", "bench.bench_qat", "--device", device, "--memory-child", kind,
+               "--model", SETUP["model"], "--batch", str(_shape(device)[0]), "--size", str(_shape(device)[1])]
     result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
 
@@ -229,8 +279,16 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one compiles)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="any model_arch: torchvision:NAME, timm:NAME, …")
+    parser.add_argument("--batch", type=int, help="batch size (default: 8 on the CPU, 256 on CUDA)")
+    parser.add_argument("--size", type=int, help="image height and width (default: 112 on the CPU, 224 on CUDA)")
     parser.add_argument("--memory-child", choices=["fp", "rupq"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    SETUP.update(model=args.model, batch=args.batch, size=args.size)
+    try:
+        SETUP["first"] = first_layer(create_model(args.model))
+    except RupqError as error:
+        parser.error(str(error))
     if args.memory_child:
         memory_child(args.memory_child, args.device, steps=3)
         return
@@ -242,11 +300,12 @@ def main() -> None:
     images, labels = _batch(args.device)
     batch, size = _shape(args.device)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"resnet18, batch {batch}, {size}x{size}, fp32, {device_name}, torch {torch.__version__}; "
+    print(f"{args.model.removeprefix('torchvision:')}, batch {batch}, {size}x{size}, fp32, {device_name}, "
+          f"torch {torch.__version__}; "
           f"medians of {args.steps} steps after {args.warmup} warm-up", flush=True)
     # Each part is printed as soon as it is measured: a run stopped by a time limit keeps what it had.
-    init_total, init_min_error = initialization_seconds(args.device, images)
-    print(f"\ninitialize_quantizers (RUPQ w4a4, all 42 quantizers): {init_total:.2f} s, "
+    init_total, init_min_error, quantizers = initialization_seconds(args.device, images)
+    print(f"\ninitialize_quantizers (RUPQ w4a4, all {quantizers} quantizers): {init_total:.2f} s, "
           f"of which MinErrorInitializer {init_min_error:.2f} s  {_verdict(init_min_error, TARGETS['init_s'])}", flush=True)
 
     variants = {kind: Variant(kind, args.device, images, labels) for kind in NAMES}
@@ -276,10 +335,12 @@ def print_training(train: dict, first: dict) -> None:
             note = _verdict(against_fp, TARGETS["train"])
         elif kind == "rupq_compiled":
             note = _verdict(against_compiled, TARGETS["train_compiled"])
+        label = label.format(first=SETUP["first"])
         print(f"  {label:42s}{train[kind] * 1e3:8.1f} ms{against_fp:12.2f}{against_compiled:16.2f}"
               f"{first[kind]:10.1f} s  {note}")
     share = (train["rupq"] - train["rupq_no_input_grad"]) / train["rupq"]
-    print(f"  conv1's input gradient (only for its input quantizer's step and offset): {share:.1%} of the RUPQ step")
+    print(f"  {SETUP['first']}'s input gradient (only for its input quantizer's step and offset): {share:.1%} "
+          "of the RUPQ step")
     extra = {side: train[f"rupq_{side}_only"] / train["fp"] - 1 for side in ("weights", "inputs")}
     print(f"  extra time over FP eager: weight quantizers {extra['weights']:+.0%}, input quantizers {extra['inputs']:+.0%} "
           f"(all of RUPQ: {train['rupq'] / train['fp'] - 1:+.0%})")
