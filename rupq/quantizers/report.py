@@ -159,7 +159,7 @@ def summary(model: nn.Module) -> str:
     left = len(floating) + sum(len(names) for names in normalization.values())
     lines.append(f"left in float: {left} layers with parameters")
     rows = floating + [
-        (f"{len(names)} layers ({_abbreviate(names)})", kind, "normalization (float in the method)")
+        (f"{len(names)} layer{'s' if len(names) > 1 else ''} ({_abbreviate(names)})", kind, "normalization (float in the method)")
         for kind, names in sorted(normalization.items())
     ]
     if rows:
