@@ -198,18 +198,30 @@ def _timed(function, device: str) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(functions: dict, device: str, steps: int, warmup: int) -> tuple[dict, dict]:
-    """``(medians, first-call times)``: the first call of each is its compilation, if any."""
+def interleaved_medians(functions: dict, device: str, steps: int, warmup: int) -> tuple[dict, dict, dict]:
+    """``(medians, first-call times, failures)``: the first call of each is its compilation, if any.
+
+    A whole model that ``torch.compile`` fails to compile (``*_compiled``: torch's compiler on a
+    model it does not handle) is left out, its error in ``failures``; any other error stops the run.
+    """
     times = {name: [] for name in functions}
-    first = {}
+    first, failures = {}, {}
     for iteration in range(warmup + steps):
         for name, function in functions.items():
-            elapsed = _timed(function, device)
+            if name in failures:
+                continue
+            try:
+                elapsed = _timed(function, device)
+            except Exception as error:
+                if iteration or not name.endswith("_compiled"):
+                    raise
+                failures[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160]}"
+                continue
             if iteration == 0:
                 first[name] = elapsed
             elif iteration >= warmup:
                 times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}, first
+    return {name: statistics.median(values) for name, values in times.items() if values}, first, failures
 
 
 def initialization_seconds(device: str, images) -> tuple[float, float, int]:
@@ -311,13 +323,15 @@ def main() -> None:
     variants = {kind: Variant(kind, args.device, images, labels) for kind in NAMES}
     for variant in variants.values():
         variant.model.train()
-    train, first = interleaved_medians({k: v.step for k, v in variants.items()}, args.device, args.steps, args.warmup)
-    print_training(train, first)
-    eval_kinds = ["fp", "rupq", "lsqplus", "fp_compiled", "rupq_compiled"]
+    train, first, failures = interleaved_medians({k: v.step for k, v in variants.items()}, args.device, args.steps,
+                                                 args.warmup)
+    print_training(train, first, failures)
+    eval_kinds = [kind for kind in ("fp", "rupq", "lsqplus", "fp_compiled", "rupq_compiled") if kind not in failures]
     for kind in eval_kinds:
         variants[kind].model.eval()
-    evaluation, _ = interleaved_medians({k: variants[k].evaluate for k in eval_kinds}, args.device, args.steps, args.warmup)
-    print_eval(evaluation, eval_kinds)
+    evaluation, _, failures = interleaved_medians({k: variants[k].evaluate for k in eval_kinds}, args.device,
+                                                  args.steps, args.warmup)
+    print_eval(evaluation, eval_kinds, failures)
 
     memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
     unit = "max RSS" if args.device == "cpu" else "max allocated"
@@ -326,17 +340,21 @@ def main() -> None:
           f"ratio {ratio:.2f}  {_verdict(ratio, TARGETS['memory'])}", flush=True)
 
 
-def print_training(train: dict, first: dict) -> None:
+def print_training(train: dict, first: dict, failures: dict) -> None:
     print(f"\ntraining step{'':31s}{'median':>10s}{'vs FP eager':>13s}{'vs FP compiled':>16s}   first step")
     for kind, label in NAMES.items():
-        against_fp, against_compiled = train[kind] / train["fp"], train[kind] / train["fp_compiled"]
+        label = label.format(first=SETUP["first"])
+        if kind in failures:
+            print(f"  {label:42s}torch.compile failed: {failures[kind]}")
+            continue
+        against_fp = train[kind] / train["fp"]
+        against_compiled = f"{train[kind] / train['fp_compiled']:16.2f}" if "fp_compiled" in train else f"{'-':>16s}"
         note = ""
         if kind == "rupq":
             note = _verdict(against_fp, TARGETS["train"])
-        elif kind == "rupq_compiled":
-            note = _verdict(against_compiled, TARGETS["train_compiled"])
-        label = label.format(first=SETUP["first"])
-        print(f"  {label:42s}{train[kind] * 1e3:8.1f} ms{against_fp:12.2f}{against_compiled:16.2f}"
+        elif kind == "rupq_compiled" and "fp_compiled" in train:
+            note = _verdict(train[kind] / train["fp_compiled"], TARGETS["train_compiled"])
+        print(f"  {label:42s}{train[kind] * 1e3:8.1f} ms{against_fp:12.2f}{against_compiled}"
               f"{first[kind]:10.1f} s  {note}")
     share = (train["rupq"] - train["rupq_no_input_grad"]) / train["rupq"]
     print(f"  {SETUP['first']}'s input gradient (only for its input quantizer's step and offset): {share:.1%} "
@@ -348,12 +366,19 @@ def print_training(train: dict, first: dict) -> None:
           f"{train['rupq_times_step'] / train['fp'] - 1:+.0%}: the least a learnable step costs at this size", flush=True)
 
 
-def print_eval(evaluation: dict, eval_kinds: list[str]) -> None:
+def print_eval(evaluation: dict, eval_kinds: list[str], failures: dict) -> None:
     print(f"\neval (no autograd){'':26s}{'median':>10s}{'vs FP eager':>13s}")
     for kind in eval_kinds:
-        ratio = evaluation[kind] / evaluation["fp" if not kind.endswith("_compiled") else "fp_compiled"]
-        note = _verdict(ratio, TARGETS["eval"]) if kind == "rupq" else ""
+        if kind in failures:
+            print(f"  {NAMES[kind]:42s}torch.compile failed: {failures[kind]}")
+            continue
+        against = "fp" if not kind.endswith("_compiled") else "fp_compiled"
         reference = "FP compiled" if kind.endswith("_compiled") else "FP eager"
+        if against not in evaluation:
+            print(f"  {NAMES[kind]:42s}{evaluation[kind] * 1e3:8.1f} ms{'-':>12s} ({reference} failed)", flush=True)
+            continue
+        ratio = evaluation[kind] / evaluation[against]
+        note = _verdict(ratio, TARGETS["eval"]) if kind == "rupq" else ""
         print(f"  {NAMES[kind]:42s}{evaluation[kind] * 1e3:8.1f} ms{ratio:12.2f} (vs {reference})  {note}", flush=True)
 
 
