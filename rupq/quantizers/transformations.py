@@ -145,7 +145,14 @@ class Standardization(nn.Module):
     def update_ema(self, sigma: torch.Tensor) -> None:
         """``ema ← σ`` of a training step (unless frozen)."""
         if not self.freeze_ema:
-            self.ema_std.copy_(sigma.detach().reshape(self.ema_std.shape))
+            if torch.compiler.is_compiling():
+                # Inside a whole compiled model the backward pass may recompute σ from the EMA
+                # buffer it read; updated in place, the buffer would hold the next σ by then
+                # (pytorch/pytorch#197039: silently wrong gradients). A new tensor leaves the
+                # one read untouched.
+                self.ema_std = sigma.detach().reshape(self.ema_std.shape).clone()
+            else:
+                self.ema_std.copy_(sigma.detach().reshape(self.ema_std.shape))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
