@@ -12,9 +12,11 @@ import os
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 
 import torch
 import torch._dynamo.utils
+from torch import nn
 
 from conftest import REPO
 from rupq.quantizers.compiled import quantize
@@ -22,6 +24,15 @@ from test_compile import compiled_graphs, rupq_model, tiny_net
 
 # Square and non-square images, batch equal to channels: sizes that duck sizing would tie together.
 SIZES = [(2, 16, 16), (3, 16, 24), (8, 8, 8), (5, 20, 12)]
+
+
+def wider_net() -> nn.Module:
+    """``tiny_net`` with other widths and kernel sizes."""
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 12, 5, padding=2)), ("bn1", nn.BatchNorm2d(12)), ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(12, 6, 3, stride=2, padding=1)), ("bn2", nn.BatchNorm2d(6)), ("relu2", nn.ReLU()),
+        ("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(6, 7)),
+    ]))
 
 
 def training_steps(replica) -> None:
@@ -65,6 +76,9 @@ def test_replicas_in_threads_compile_what_one_thread_compiles(monkeypatch):
         start = compiled_graphs()
         training_steps(copy.deepcopy(model))
         in_main_thread = compiled_graphs() - start
+        # Other layer widths (weights and steps of other shapes) use the same graphs.
+        training_steps(rupq_model(wider_net(), torch.randn(4, 3, 16, 16)))
+        assert compiled_graphs() - start == in_main_thread
 
         # A replica's first step in a fresh thread compiles what the main thread compiled.
         torch._dynamo.reset()
@@ -87,16 +101,18 @@ def test_replicas_in_threads_compile_what_one_thread_compiles(monkeypatch):
 def test_importing_and_calling_leave_torch_configuration_as_it_was():
     script = """
 import torch, torch._dynamo.utils, torch._dynamo.config as dynamo, torch.fx.experimental._config as fx
-before = (dynamo.recompile_limit, fx.use_duck_shape)
+def settings():
+    return dynamo.recompile_limit, dynamo.force_parameter_static_shapes, fx.use_duck_shape
+before = settings()
 import rupq
 from rupq.quantizers.compiled import quantize
 quantize(torch.randn(2, 3, 5, 7), torch.tensor(0.1, requires_grad=True), -8, 7, 0.1)[0].sum().backward()
 compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-print(before == (dynamo.recompile_limit, fx.use_duck_shape), before, (dynamo.recompile_limit, fx.use_duck_shape), compiled)
+print(before == settings(), before, settings(), compiled)
 """
     env = {**os.environ, "RUPQ_COMPILE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    same, *_, compiled = result.stdout.split()
+    same, *_, compiled = result.stdout.replace(", ", ",").split()
     assert same == "True" and int(compiled) > 0, result.stdout
