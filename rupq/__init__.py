@@ -6,7 +6,8 @@ The Python API (:mod:`rupq.qat`) is imported on first use, so that ``import rupq
 __version__ = "0.1.0"
 
 #: Public name -> module that defines it.
-_API = {name: "rupq.qat" for name in ("quantize", "calibrate", "param_groups", "summary", "presets")}
+_API = {name: "rupq.qat" for name in ("quantize", "calibrate", "param_groups", "summary", "presets", "save", "load")}
+_API["export"] = "rupq.export"  # the module of ``rupq export``, whose function export() this is
 
 __all__ = sorted(_API)
 

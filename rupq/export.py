@@ -153,24 +153,23 @@ def write_integer_checkpoint(model, arch: dict, input_size, args, out: Path, sta
     return {"layers": len(layers), "bits": bits, "size": size}
 
 
-def write_onnx(model, task, arch: dict, input_size, args, out: Path, started: float) -> dict:
-    """The ONNX file, written only once onnxruntime has matched PyTorch layer by layer on a batch."""
-    from rupq.tools.training.task import describe_arch
+def write_onnx(model, name: str, inputs, origin: str, out: Path, integer_zero_points: bool, started: float) -> dict:
+    """The ONNX file of ``model`` (eval mode, on the CPU), written only once onnxruntime has matched
+    PyTorch layer by layer on ``inputs`` (a batch; ``origin`` says where it comes from)."""
     from rupq.tools.utils.checkpoint import save_atomic
 
     layers = quantized_layers(model)
     progress("[3/5] exporting the float graph with torch.onnx, then writing integer weights and Q/DQ")
-    proto, float_proto, bits = quantized_model_proto(model, input_size, describe_arch(arch), args.integer_zero_points)
+    proto, float_proto, bits = quantized_model_proto(model, tuple(inputs.shape[1:]), name, integer_zero_points)
     data = proto.SerializeToString()
 
-    inputs, origin = check_inputs(task, input_size, args.check_batch)
     progress(f"[4/5] checking the file in onnxruntime on {origin}")
     reference_model = model
-    if args.integer_zero_points and layers:
+    if integer_zero_points and layers:
         reference_model = copy.deepcopy(model)
         round_offsets_to_zero_points(reference_model)
     try:
-        proof = check_file(reference_model, proto, inputs, args.integer_zero_points)
+        proof = check_file(reference_model, proto, inputs, integer_zero_points)
     except ExportError as error:
         raise ExportError(f"{error}; nothing written to {out}") from error
     outputs = proof.outputs
@@ -183,7 +182,7 @@ def write_onnx(model, task, arch: dict, input_size, args, out: Path, started: fl
                "inputs": origin, "max_difference": outputs.max_difference, "tolerance": outputs.tolerance,
                "top1_agreement": outputs.top1_agreement, "codes_compared": proof.codes_compared,
                "codes_at_ties": proof.codes_at_ties, "propagated": proof.propagated}
-    if args.integer_zero_points and layers:
+    if integer_zero_points and layers:
         moved = compare(torch_outputs(model, inputs), torch_outputs(reference_model, inputs), math.inf)
         moved_top1 = "" if moved.top1_agreement is None else f", top-1 agreement with it {100 * moved.top1_agreement:.1f} %"
         progress(f"      integer zero points move the outputs from the exact-offset model by up to "
@@ -255,7 +254,38 @@ def run(args: argparse.Namespace) -> dict:
     if args.format == "torch":
         return write_integer_checkpoint(model, arch, input_size, args, out, started)
 
-    return write_onnx(model, task, arch, input_size, args, out, started)
+    inputs, origin = check_inputs(task, input_size, args.check_batch)
+    return write_onnx(model, describe_arch(arch), inputs, origin, out, args.integer_zero_points, started)
+
+
+def export(model, path, example_inputs, *, integer_zero_points: bool = False) -> dict:
+    """``rupq.export``: write ``model`` (quantized by :func:`rupq.quantize`, or float) to the ONNX
+    file ``path``, checked in onnxruntime exactly as ``rupq export`` checks it, on
+    ``example_inputs`` (a batch of the model's inputs); nothing is written if the check fails.
+    Returns the summary's numbers. The model itself is left as it was (a copy is exported on the CPU)."""
+    from rupq.tools.training.task import describe_arch
+
+    out = Path(path)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ConfigError(f"rupq.export: {out} is not a file name in an existing folder")
+    arch = getattr(model, "rupq_arch", None)
+    name = describe_arch(arch) if arch else type(model).__name__
+    model = copy.deepcopy(model).cpu().eval()
+    inputs = example_inputs.detach().float().cpu()
+    progress(f"[1/5] {name}, {len(quantized_layers(model))} quantized layers, input {list(inputs.shape[1:])}")
+    progress("[2/5] integer weight codes and activation grids from the quantizers")
+    return write_onnx(model, name, inputs, f"the {len(inputs)} example inputs", out, integer_zero_points, time.monotonic())
+
+
+class _CallableModule(type(sys)):
+    """``rupq.export`` is this module once anything imports it (``rupq export`` does), and
+    ``rupq.export(model, path, example_inputs)`` is the Python API: calling the module calls :func:`export`."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 def main(argv=None) -> None:

@@ -1,10 +1,14 @@
-"""Quantization-aware training from one's own script: ``rupq.quantize``, ``calibrate``, ``param_groups``, ``summary``.
+"""Quantization-aware training from one's own script: ``rupq.quantize``, ``calibrate``, ``param_groups``,
+``summary``, ``save``, ``load`` (``rupq.export`` is :func:`rupq.export.export`).
 
     model = rupq.quantize(model, "rupq_w4a4")          # wraps in place; prints rupq.summary(model)
     groups = rupq.param_groups(model)                  # {"weight": [...], "quant_weight": [...], "quant_input": [...]}
     sgd = torch.optim.SGD(groups["weight"], lr=0.01, momentum=0.9)
     adam = torch.optim.Adam([{"params": groups["quant_weight"], "lr": 1e-5}, {"params": groups["quant_input"], "lr": 1e-3}])
     rupq.calibrate(model, [images])                    # optional: else the first training batch initialises
+    ...                                                # your training loop
+    rupq.save(model, "model.ckpt")                     # rupq.load("model.ckpt", model) into a model quantized alike
+    rupq.export(model, "model.onnx", images[:16])      # ONNX, checked in onnxruntime as `rupq export` checks it
 
 Order: quantize, then build the optimizers (every quantizer parameter exists when quantize
 returns), then calibrate or train, wrapping in DistributedDataParallel after quantize.
@@ -16,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rupq.errors import ConfigError, RupqError
+from rupq.errors import CheckpointError, ConfigError, RupqError
 from rupq.quantizers.parser import ModelParser
 from rupq.quantizers.presets import preset, preset_names
 from rupq.quantizers.report import initialize_quantizers, quantizers_of, summary
@@ -25,7 +29,7 @@ from rupq.quantizers.report import initialize_quantizers, quantizers_of, summary
 LAYER_BITS = (2, 16)
 PARAM_GROUPS = ("weight", "quant_weight", "quant_input")
 
-__all__ = ["calibrate", "param_groups", "presets", "quantize", "summary"]
+__all__ = ["calibrate", "load", "param_groups", "presets", "quantize", "save", "summary"]
 
 
 def presets() -> list[str]:
@@ -159,3 +163,28 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     from rupq.tools.training.optimizers import select_parameters
 
     return {group: select_parameters(model, group) for group in PARAM_GROUPS}
+
+
+def save(model: nn.Module, path) -> None:
+    """Write ``model`` as a run's ``model.ckpt`` (tensors and plain data, written atomically):
+    ``rupq.load``, and ``--load`` for a model rupq's registry builds, read it back."""
+    from rupq.tools.training.task import model_checkpoint
+    from rupq.tools.utils.checkpoint import save_atomic
+
+    save_atomic(model_checkpoint(model), path)
+
+
+def load(path, model: nn.Module) -> nn.Module:
+    """Restore ``path`` (written by :func:`save` or a run) into ``model``, built as when it was saved
+    (and, for a quantized checkpoint, quantized with the same recipe); returns ``model``. The
+    checks are those of ``--load`` and ``--checkpoint_path``: quantizer settings, then tensors."""
+    from rupq.tools.training.task import is_quantized, load_state
+    from rupq.tools.utils.checkpoint import MODEL_FORMAT, load_checkpoint
+
+    saved = load_checkpoint(path, MODEL_FORMAT)
+    if saved["quantized"] != is_quantized(model):
+        held, given = ("a quantized", "a full-precision") if saved["quantized"] else ("a full-precision", "a quantized")
+        hint = "quantize it with the recipe it was trained with first" if saved["quantized"] else "load it before rupq.quantize"
+        raise CheckpointError(f"{path} holds {held} model but the model given is {given} one: {hint}")
+    load_state(model, saved["state_dict"], path, saved.get("quantizers") if saved["quantized"] else None)
+    return model

@@ -80,7 +80,8 @@ def quantizer_settings(model: nn.Module) -> dict[str, dict]:
 def model_checkpoint(model: nn.Module) -> dict:
     return {
         "format": MODEL_FORMAT,
-        "arch": architecture_of(model),
+        # None for a network rupq did not build (rupq.save of one's own model): rupq.load reads it.
+        "arch": getattr(model, "rupq_arch", None),
         "quantized": is_quantized(model),
         "quantizers": quantizer_settings(model),
         "state_dict": model.state_dict(),
@@ -103,6 +104,16 @@ def settings_difference(saved: dict[str, dict], built: dict[str, dict]) -> str |
     name, key = differing[0]
     more = f" (and {len(differing) - 1} more difference(s))" if len(differing) > 1 else ""
     return f"{name} has {key} {saved[name][key]} in the checkpoint but {built[name][key]} in the config{more}"
+
+
+def model_of(saved: dict, source) -> nn.Module:
+    """A new model of the architecture a checkpoint records (its weights not loaded yet)."""
+    if saved["arch"] is None:
+        raise CheckpointError(
+            f"{source} holds a network that rupq did not build (written by rupq.save): build the network in "
+            "Python and read it with rupq.load(path, model)"
+        )
+    return create_model(saved["arch"]["name"], **saved["arch"]["kwargs"])
 
 
 def load_state(model: nn.Module, state: dict, source, saved_quantizers: dict | None = None) -> None:
@@ -193,8 +204,7 @@ class Task:
                     f"{context.checkpoint_path} holds {describe_arch(saved['arch'])} but the config builds "
                     f"{describe_arch(wanted)}"
                 )
-            model = create_model(saved["arch"]["name"], **saved["arch"]["kwargs"])
-            return self._load_into(model, saved, context.checkpoint_path)
+            return self._load_into(model_of(saved, context.checkpoint_path), saved, context.checkpoint_path)
         if self.model_arch and context.load:
             raise ConfigError(
                 "the config sets model_arch and --load was given: use one (model_arch trains from scratch, "
@@ -210,8 +220,7 @@ class Task:
         if split_source(context.load):
             return pretrained_model(context.load), None
         saved = load_checkpoint(context.load, MODEL_FORMAT)
-        model = create_model(saved["arch"]["name"], **saved["arch"]["kwargs"])
-        return self._load_into(model, saved, context.load)
+        return self._load_into(model_of(saved, context.load), saved, context.load)
 
     def _load_into(self, model: nn.Module, saved: dict, source) -> tuple[nn.Module, dict | None]:
         if saved["quantized"]:
