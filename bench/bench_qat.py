@@ -12,7 +12,7 @@ models taking turns step by step so that background load hits them alike:
 - ``RUPQ w4a4`` / ``LSQ+ w4a4``: quantized by the paper's recipe, the quantizers compiled
   (the default: :mod:`rupq.quantizers.fake_quantize` under ``torch.compile``), the rest eager;
 - ``RUPQ w4a4, eager formula``: the same formula uncompiled (``RUPQ_COMPILE=0``);
-- ``chain-of-ops reference``: SPEC §1 written literally (``bench/chain_reference.py``);
+- ``chain-of-ops reference``: the formula of docs/quantization.md written literally (``bench/chain_reference.py``);
 - ``first layer's input quantizer frozen``: RUPQ w4a4 without gradients for the first layer's
   input step and offset, so that autograd skips that layer's input gradient (the images need none): the
   difference to RUPQ w4a4 is what that gradient costs, the most a first-layer shortcut could save;
