@@ -91,7 +91,7 @@ QUANT_MODEL = """  model_parser: !ModelParser
 
 
 def test_detection_runs_report_the_final_map(tmp_path, capsys):
-    """FP, then w4a4 RUPQ from its model.ckpt (as the README does), through the command line's run()."""
+    """FP, then w4a4 RUPQ from its model.ckpt (as docs/detection.md does), through the command line's run()."""
     root = write_tiny_coco(tmp_path / "coco")
     fp = write_config(tmp_path / "fp.yaml", DETECTION_CONFIG.format(
         root=root, params="all", quant_optimizer="", model=FP_MODEL))
