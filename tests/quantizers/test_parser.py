@@ -154,6 +154,12 @@ def test_parsing_twice_does_not_wrap_again():
         ({"input_bit_width": {"default": 4.0}}, "model_parser: input bit width of layer 'conv1' must be an integer in [2, 32), got 4.0"),
         ({"weight_bit_width": {"default": True}}, "model_parser: weight bit width of layer 'conv1' must be an integer in [2, 32), got True"),
         ({"half_wave": {"exceptions": {}}}, "model_parser.half_wave: missing 'default'"),
+        (
+            {"input_bit_width": {"default": 4, "exceptions": {"layer5.*": 8}}},
+            "model_parser.input_bit_width.exceptions: 'layer5.*' matches no wrapped layer; closest: layer4.1.conv2, layer4.1.conv1, layer4.0.conv2",
+        ),
+        ({"skip": ["layer9.*"]}, "model_parser.skip: 'layer9.*' matches no wrapped layer; closest: layer4.1.conv2, layer4.1.conv1, layer4.0.conv2"),
+        ({"skip": "fc1"}, "model_parser.skip: 'fc1' is not a wrapped layer; closest: fc, conv1"),
     ],
 )
 def test_parser_errors(options, message):
@@ -301,25 +307,6 @@ def test_patterns_in_wrappers_exceptions_and_skip():
     assert not any(name.startswith("layer3.") for name in settings)
     assert type(model.layer3[0].conv1) is nn.Conv2d
     assert model.rupq_float_layers["layer3.1.conv2"] == "skipped by pattern 'layer3.*'"
-
-
-@pytest.mark.parametrize(
-    "options,message",
-    [
-        (
-            {"input_bit_width": {"default": 4, "exceptions": {"layer5.*": 8}}},
-            "model_parser.input_bit_width.exceptions: 'layer5.*' matches no wrapped layer; closest: layer4.1.conv2, layer4.1.conv1, layer4.0.conv2",
-        ),
-        ({"skip": ["layer9.*"]}, "model_parser.skip: 'layer9.*' matches no wrapped layer; closest: layer4.1.conv2, layer4.1.conv1, layer4.0.conv2"),
-        ({"skip": "fc1"}, "model_parser.skip: 'fc1' is not a wrapped layer; closest: fc, conv1"),
-    ],
-)
-def test_patterns_matching_nothing(options, message):
-    settings = {"input_bit_width": {"default": 4}, "weight_bit_width": {"default": 4}, "half_wave": {"default": True}}
-    settings.update(options)
-    with pytest.raises(ConfigError) as error:
-        _rupq_parser(**settings).parse(torchvision.models.resnet18())
-    assert str(error.value) == message
 
 
 def test_wrapper_pattern_matching_nothing():
