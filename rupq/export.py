@@ -53,20 +53,6 @@ def load_model(checkpoint: Path, config_path: Path):
 
 # ---- inputs ---------------------------------------------------------------------------------
 
-def default_input_size(dataset) -> tuple[int, int, int] | None:
-    """``(C, H, W)`` a dataloader of the framework feeds the model (validation/LR side)."""
-    name = type(dataset).__name__
-    if name == "FashionMNISTDataloader":
-        return (1, 28, 28)
-    if name == "ImageNet2012Dataloader":
-        return (3, 224, 224)
-    if name == "COCODataloader":
-        return (3, dataset.image_size, dataset.image_size)
-    if hasattr(dataset, "patch_size") and hasattr(dataset, "scale"):  # super-resolution: LR patches
-        return (3, dataset.patch_size // dataset.scale, dataset.patch_size // dataset.scale)
-    return None
-
-
 def check_inputs(task, input_size, count: int, seed: int = 0):
     """``(inputs, where from)``: the first ``count`` validation samples of ``input_size`` when the
     config's dataset is on this machine, else standard normal noise. Only a missing or unreadable
@@ -244,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
 
     model, task = load_model(checkpoint, config_path)
     arch = architecture_of(model)
-    input_size = parse_input_size(args.input_size) if args.input_size else default_input_size(task.training_loop.dataset)
+    input_size = parse_input_size(args.input_size) if args.input_size else task.training_loop.dataset.input_size
     if input_size is None:
         raise ConfigError(f"cannot tell the input size of {type(task.training_loop.dataset).__name__}; give --input-size C,H,W")
     layers = quantized_layers(model)

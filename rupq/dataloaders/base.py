@@ -235,6 +235,12 @@ class DataModule:
         self.root_argument = root
         self.rank, self.world_size = 0, 1
 
+    @property
+    def input_size(self) -> tuple[int, int, int] | None:
+        """``(C, H, W)`` of the inputs the model is fed (validation side), for the exporter; None
+        when the data module cannot tell."""
+        return None
+
     @cached_property
     def root(self) -> Path:
         return dataset_root(self.dataset_key, self.root_argument, type(self).__name__)

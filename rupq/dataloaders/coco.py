@@ -218,6 +218,7 @@ class COCODataloader(DataModule):
             )
         self.image_size, self.multiscale = image_size, multiscale
         self.val_image_size = image_size
+        self.input_size = (3, image_size, image_size)
 
     @property
     def class_names(self) -> list[str] | None:

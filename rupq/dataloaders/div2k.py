@@ -78,6 +78,7 @@ class DIV2KDataloader(SuperResolutionDataModule):
         if not isinstance(repeat, int) or repeat < 1:
             raise ValueError(f"repeat must be a positive integer, got {repeat!r}")
         self.patch_size, self.repeat = patch_size, repeat
+        self.input_size = (3, patch_size // scale, patch_size // scale)  # the LR patches
 
     def build_train_dataset(self) -> SuperResolutionPairs:
         pairs = div2k_pairs(self.root, "DIV2K_train_HR", "DIV2K_train_LR_bicubic", self.scale, TRAIN_IDS)

@@ -103,6 +103,7 @@ class FashionMNISTDataloader(DataModule):
     """
 
     dataset_key = "fashion_mnist"
+    input_size = (1, 28, 28)
 
     def __init__(
         self,

@@ -31,6 +31,10 @@ class ImageNet2012Dataloader(DataModule):
         self.image_size = image_size
         self.skip_corrupt = skip_corrupt
 
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
     def build_train_dataset(self):
         images = image_folder(self.root / "train", imagenet_train(self.image_size))
         return CorruptFileGuard(images, self.skip_corrupt, type(self).__name__)

@@ -178,7 +178,7 @@ def export_float_graph(model, input_size, name: str):
         )
     except Exception as error:  # the exporter's many failure types all mean "cannot express this model"
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise ExportError(f"torch.onnx cannot export {name} at input size {list(input_size)}: {first[:300]}") from None
+        raise ExportError(f"torch.onnx cannot export {name} at input size {list(input_size)}: {first[:300]}") from error
     proto = program.model_proto
     for node in proto.graph.node:
         # The exporter's debugging notes (Python stack traces, fx names; over half of a small

@@ -310,47 +310,61 @@ class Trainer:
         )
         loss_sum, steps = self._resume_epoch_sums(loop.train_metrics) if start_batch else (0.0, 0)
         for batch_index, batch in enumerate(progress, start=start_batch):
-            batch = move_to(batch, self.device)
-            with self._autocast():
-                output = loop.training_step(self.train_model, batch)
-            loss_value = output.loss.item()
-            # Decided together: a process stopping alone would leave the others waiting for it.
-            if any_process(not math.isfinite(loss_value), self.device):
-                # Stop before the step: the checkpoints on disk (written at epoch ends) stay the last good ones.
-                checkpoint = self.checkpoint_path
-                kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.is_file()
-                        else "no checkpoint had been written yet")
-                value = loss_value if not math.isfinite(loss_value) else "non-finite on another process"
-                raise NonFiniteLoss(
-                    f"loss is {value} at epoch {self.epoch + 1}, iteration {batch_index + 1}: stopping; {kept}"
-                )
-            for optimizer, _ in self.optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            self.grad_scaler.scale(output.loss).backward()
-            for optimizer, scheduler in self.optimizers.values():
-                self.grad_scaler.step(optimizer)
-                if scheduler is not None:
-                    scheduler.step()
-            self.grad_scaler.update()
-            self.global_step += 1
+            loss_value = self._train_step(move_to(batch, self.device), batch_index)
             loss_sum, steps = loss_sum + loss_value, steps + 1
-            with torch.no_grad():
-                for metric in loop.train_metrics.values():
-                    metric.update(output.preds.detach(), output.targets)
             if self.should_log_step:
                 self._log_step(loss_value, loop.train_metrics)
             self._call("on_train_batch_end")
             if self.is_main and (steps % 10 == 0 or batch_index + 1 == len(loader) + start_batch):
                 progress.set_postfix(self._metric_postfix(loss_sum, steps, loop.train_metrics), refresh=False)
-            if any_process(self._stop.requested, self.device):  # all processes stop after the same iteration
-                sums = {"loss_sum": loss_sum, "steps": steps,
-                        "metrics": {name: metric.state_dict() for name, metric in loop.train_metrics.items()
-                                    if isinstance(metric, Metric)}}  # other metrics restart at the resume
-                self.save_checkpoint(self.epoch, batch_index + 1, gather_from_every_process(sums))
-                raise TrainingInterrupted(self.checkpoint_path)
+            # Decided together, after the iteration in which the signal arrived (a second
+            # reduction: read with the loss check before the step, a signal would stop the run one
+            # iteration later, or after a forward pass that had already moved BatchNorm and σ EMAs).
+            if any_process(self._stop.requested, self.device):
+                self._interrupt(batch_index, loss_sum, steps)
             if steps == self.limit_batches:
                 break
         progress.close()
+        self._end_train_epoch(loss_sum, steps)
+
+    def _train_step(self, batch, batch_index: int) -> float:
+        """One optimisation step on ``batch``; its loss. A non-finite loss on any process stops the
+        run before the step, so that the checkpoints on disk (written at epoch ends) stay good."""
+        loop = self.training_loop
+        with self._autocast():
+            output = loop.training_step(self.train_model, batch)
+        loss_value = output.loss.item()
+        # Decided together: a process stopping alone would leave the others waiting for it.
+        if any_process(not math.isfinite(loss_value), self.device):
+            checkpoint = self.checkpoint_path
+            kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.is_file()
+                    else "no checkpoint had been written yet")
+            value = loss_value if not math.isfinite(loss_value) else "non-finite on another process"
+            raise NonFiniteLoss(f"loss is {value} at epoch {self.epoch + 1}, iteration {batch_index + 1}: stopping; {kept}")
+        for optimizer, _ in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self.grad_scaler.scale(output.loss).backward()
+        for optimizer, scheduler in self.optimizers.values():
+            self.grad_scaler.step(optimizer)
+            if scheduler is not None:
+                scheduler.step()
+        self.grad_scaler.update()
+        self.global_step += 1
+        with torch.no_grad():
+            for metric in loop.train_metrics.values():
+                metric.update(output.preds.detach(), output.targets)
+        return loss_value
+
+    def _interrupt(self, batch_index: int, loss_sum: float, steps: int) -> None:
+        """Ctrl-C / SIGTERM: a checkpoint that resumes after this iteration, then stop."""
+        metrics = self.training_loop.train_metrics
+        sums = {"loss_sum": loss_sum, "steps": steps,
+                "metrics": {name: metric.state_dict() for name, metric in metrics.items()
+                            if isinstance(metric, Metric)}}  # other metrics restart at the resume
+        self.save_checkpoint(self.epoch, batch_index + 1, gather_from_every_process(sums))
+        raise TrainingInterrupted(self.checkpoint_path)
+
+    def _end_train_epoch(self, loss_sum: float, steps: int) -> None:
         synchronize_buffers(self.model)
         if not self._config_logged:
             # After the first epoch of this run, not before it: a SummaryWriter opened before the
@@ -358,7 +372,7 @@ class Trainer:
             # and print tracebacks (tests/reliability/test_data_errors.py).
             self._log_config()
             self._config_logged = True
-        self._log_epoch("train", loss_sum, steps, loop.train_metrics)
+        self._log_epoch("train", loss_sum, steps, self.training_loop.train_metrics)
         for name, (optimizer, _) in self.optimizers.items():
             self.log_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"])
         self._call("on_train_epoch_end")
