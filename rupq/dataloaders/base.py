@@ -226,6 +226,9 @@ class DataModule:
 
     dataset_key: str = ""
     collate_fn = None
+    #: ``(C, H, W)`` of the inputs the model is fed (validation side), for the exporter; None
+    #: when the data module cannot tell.
+    input_size: tuple[int, int, int] | None = None
 
     def __init__(self, batch_size: int, num_workers: int = -1, root: str | None = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -234,12 +237,6 @@ class DataModule:
         self.num_workers = default_num_workers(num_workers)
         self.root_argument = root
         self.rank, self.world_size = 0, 1
-
-    @property
-    def input_size(self) -> tuple[int, int, int] | None:
-        """``(C, H, W)`` of the inputs the model is fed (validation side), for the exporter; None
-        when the data module cannot tell."""
-        return None
 
     @cached_property
     def root(self) -> Path:

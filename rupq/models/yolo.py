@@ -14,6 +14,7 @@ needs); in eval mode it returns the decoded detections of all layers concatenate
 probabilities.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,89 @@ def _layer_index(value: str, current: int, count: int, where: str) -> int:
     return absolute
 
 
+@dataclass
+class Layout:
+    """What a section's block is built from: the output channels and strides of the sections
+    before it (``channels[i + 1]`` / ``strides[i + 1]`` for section ``i``, the input first)."""
+
+    channels: list[int]
+    strides: list[int]
+    count: int   # sections in the cfg, for relative layer indices
+    where: str   # file:line of the section, for errors
+
+
+def _convolutional(section, index, layout):
+    batch_norm = int(section.get("batch_normalize", 0))
+    filters, size = int(section["filters"]), int(section["size"])
+    conv_stride = int(section.get("stride", 1))
+    padding = (size - 1) // 2 if int(section.get("pad", 0)) else 0
+    block = nn.Sequential()
+    block.add_module(f"conv_{index}",
+                     nn.Conv2d(layout.channels[-1], filters, size, conv_stride, padding, bias=not batch_norm))
+    if batch_norm:
+        block.add_module(f"batch_norm_{index}", nn.BatchNorm2d(filters, momentum=0.1, eps=1e-5))
+    activation = _activation(section.get("activation", "linear"), index, layout.where)
+    if activation is not None:
+        block.add_module(*activation)
+    return block, [], filters, layout.strides[-1] * conv_stride
+
+
+def _maxpool(section, index, layout):
+    size, pool_stride = int(section["size"]), int(section.get("stride", 1))
+    block = nn.Sequential()
+    if size == 2 and pool_stride == 1:
+        # Darknet pads right/bottom so that a 2×2 stride-1 pool keeps the size.
+        block.add_module(f"_debug_padding_{index}", nn.ZeroPad2d((0, 1, 0, 1)))
+    block.add_module(f"maxpool_{index}", nn.MaxPool2d(size, pool_stride, padding=(size - 1) // 2))
+    return block, [], layout.channels[-1], layout.strides[-1] * pool_stride
+
+
+def _upsample(section, index, layout):
+    factor = int(section.get("stride", 2))
+    block = nn.Sequential()
+    block.add_module(f"upsample_{index}", nn.Upsample(scale_factor=factor, mode="nearest"))
+    return block, [], layout.channels[-1], layout.strides[-1] // factor
+
+
+def _route(section, index, layout):
+    sources = [_layer_index(value, index, layout.count, layout.where) for value in section["layers"].split(",")]
+    if len({layout.strides[source + 1] for source in sources}) != 1:
+        raise ConfigError(f"route {index} concatenates layers of different resolutions", layout.where)
+    block = nn.Sequential()
+    block.add_module(f"route_{index}", nn.Identity())
+    return block, sources, sum(layout.channels[source + 1] for source in sources), layout.strides[sources[0] + 1]
+
+
+def _shortcut(section, index, layout):
+    sources = [_layer_index(section["from"], index, layout.count, layout.where)]
+    in_channels = layout.channels[-1]
+    if layout.channels[sources[0] + 1] != in_channels:
+        raise ConfigError(f"shortcut {index} adds {layout.channels[sources[0] + 1]} to {in_channels} channels", layout.where)
+    block = nn.Sequential()
+    block.add_module(f"shortcut_{index}", nn.Identity())
+    return block, sources, in_channels, layout.strides[-1]
+
+
+def _yolo(section, index, layout):
+    values = [float(v) for v in section["anchors"].split(",") if v.strip()]
+    anchors = list(zip(values[0::2], values[1::2]))
+    mask = [int(v) for v in section.get("mask", ",".join(map(str, range(len(anchors))))).split(",")]
+    classes, in_channels = int(section["classes"]), layout.channels[-1]
+    if in_channels != (classes + 5) * len(mask):
+        raise ConfigError(
+            f"yolo {index} expects (classes + 5) × {len(mask)} = {(classes + 5) * len(mask)} "
+            f"input channels, the layer before gives {in_channels}", layout.where
+        )
+    block = nn.Sequential()
+    block.add_module(f"yolo_{index}", YOLOLayer([anchors[m] for m in mask], classes, layout.strides[-1]))
+    return block, [], in_channels, layout.strides[-1]
+
+
+#: Section type -> ``(section, index, layout) -> (block, layers it reads, out channels, stride)``.
+SECTION_BUILDERS = {"convolutional": _convolutional, "maxpool": _maxpool, "upsample": _upsample,
+                    "route": _route, "shortcut": _shortcut, "yolo": _yolo}
+
+
 class Darknet(nn.Module):
     """A Darknet network described by a cfg file (see the module docstring).
 
@@ -155,68 +239,13 @@ class Darknet(nn.Module):
             self._override_classes(sections, num_classes, path)
         for index, section in enumerate(sections):
             where = f"{path}:{section['line']}"
-            block = nn.Sequential()
-            kind = section["type"]
-            in_channels, stride = channels[-1], strides[-1]
-            sources: list[int] = []
             try:
-                if kind == "convolutional":
-                    batch_norm = int(section.get("batch_normalize", 0))
-                    filters, size = int(section["filters"]), int(section["size"])
-                    conv_stride = int(section.get("stride", 1))
-                    padding = (size - 1) // 2 if int(section.get("pad", 0)) else 0
-                    block.add_module(
-                        f"conv_{index}",
-                        nn.Conv2d(in_channels, filters, size, conv_stride, padding, bias=not batch_norm),
-                    )
-                    if batch_norm:
-                        block.add_module(f"batch_norm_{index}", nn.BatchNorm2d(filters, momentum=0.1, eps=1e-5))
-                    activation = _activation(section.get("activation", "linear"), index, where)
-                    if activation is not None:
-                        block.add_module(*activation)
-                    out_channels, stride = filters, stride * conv_stride
-                elif kind == "maxpool":
-                    size, pool_stride = int(section["size"]), int(section.get("stride", 1))
-                    if size == 2 and pool_stride == 1:
-                        # Darknet pads right/bottom so that a 2×2 stride-1 pool keeps the size.
-                        block.add_module(f"_debug_padding_{index}", nn.ZeroPad2d((0, 1, 0, 1)))
-                    block.add_module(
-                        f"maxpool_{index}", nn.MaxPool2d(size, pool_stride, padding=(size - 1) // 2)
-                    )
-                    out_channels, stride = in_channels, stride * pool_stride
-                elif kind == "upsample":
-                    factor = int(section.get("stride", 2))
-                    block.add_module(f"upsample_{index}", nn.Upsample(scale_factor=factor, mode="nearest"))
-                    out_channels, stride = in_channels, stride // factor
-                elif kind == "route":
-                    sources = [_layer_index(v, index, len(sections), where) for v in section["layers"].split(",")]
-                    out_channels = sum(channels[s + 1] for s in sources)
-                    if len({strides[s + 1] for s in sources}) != 1:
-                        raise ConfigError(f"route {index} concatenates layers of different resolutions", where)
-                    stride = strides[sources[0] + 1]
-                    block.add_module(f"route_{index}", nn.Identity())
-                elif kind == "shortcut":
-                    sources = [_layer_index(section["from"], index, len(sections), where)]
-                    if channels[sources[0] + 1] != in_channels:
-                        raise ConfigError(f"shortcut {index} adds {channels[sources[0] + 1]} to {in_channels} channels", where)
-                    out_channels = in_channels
-                    block.add_module(f"shortcut_{index}", nn.Identity())
-                else:  # yolo
-                    values = [float(v) for v in section["anchors"].split(",") if v.strip()]
-                    anchors = list(zip(values[0::2], values[1::2]))
-                    mask = [int(v) for v in section.get("mask", ",".join(map(str, range(len(anchors))))).split(",")]
-                    classes = int(section["classes"])
-                    if in_channels != (classes + 5) * len(mask):
-                        raise ConfigError(
-                            f"yolo {index} expects (classes + 5) × {len(mask)} = {(classes + 5) * len(mask)} "
-                            f"input channels, the layer before gives {in_channels}", where
-                        )
-                    block.add_module(f"yolo_{index}", YOLOLayer([anchors[m] for m in mask], classes, stride))
-                    out_channels = in_channels
+                block, sources, out_channels, stride = SECTION_BUILDERS[section["type"]](
+                    section, index, Layout(channels, strides, len(sections), where))
             except KeyError as missing:
-                raise ConfigError(f"[{kind}] section {index} lacks {missing.args[0]}=", where) from None
+                raise ConfigError(f"[{section['type']}] section {index} lacks {missing.args[0]}=", where) from None
             except ValueError as error:
-                raise ConfigError(f"[{kind}] section {index}: {error}", where) from None
+                raise ConfigError(f"[{section['type']}] section {index}: {error}", where) from None
             self.module_list.append(block)
             self.sources.append(sources)
             channels.append(out_channels)
