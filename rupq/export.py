@@ -158,16 +158,26 @@ def write_onnx(model, name: str, inputs, origin: str, out: Path, integer_zero_po
         proof = check_file(reference_model, proto, inputs, integer_zero_points)
     except ExportError as error:
         raise ExportError(f"{error}; nothing written to {out}") from error
-    outputs = proof.outputs
-    top1 = "" if outputs.top1_agreement is None else f", top-1 agreement {100 * outputs.top1_agreement:.1f} %"
+    outputs, chain = proof.outputs, proof.chain
+    top1 = "" if chain.top1_agreement is None else f", top-1 agreement {100 * chain.top1_agreement:.1f} %"
     if layers:
         report_layers(proof)
-    progress(f"      outputs: max |onnxruntime - PyTorch| = {outputs.max_difference:.3g} "
-             f"(one output quantization step: {outputs.tolerance:.3g}){top1}")
+        progress(f"      float parts, every layer fed onnxruntime's codes: each layer's float input within float noise, "
+                 f"outputs within {outputs.max_difference:.3g} (one output quantization step: {outputs.tolerance:.3g})")
+    progress(f"      outputs of the PyTorch model on its own: max |onnxruntime - PyTorch| = {chain.max_difference:.3g}"
+             f"{' (information)' if layers else f' (one output quantization step: {outputs.tolerance:.3g})'}{top1}")
+    extended = proof.extended
+    if not extended.ok:
+        extended_top1 = "" if extended.top1_agreement is None else f", top-1 agreement {100 * extended.top1_agreement:.1f} %"
+        progress(f"      warning: onnxruntime's default graph optimizations (extended: Q/DQ fused into integer kernels) "
+                 f"move this file's outputs by up to {extended.max_difference:.3g}{extended_top1}; run it with "
+                 f"SessionOptions.graph_optimization_level = ORT_ENABLE_BASIC to get the outputs checked here")
     summary = {"layers": len(layers), "bits": bits, "size": len(data), "float_size": float_proto.ByteSize(),
+               "extended_optimizations_difference": extended.max_difference,
                "inputs": origin, "max_difference": outputs.max_difference, "tolerance": outputs.tolerance,
-               "top1_agreement": outputs.top1_agreement, "codes_compared": proof.codes_compared,
-               "codes_at_ties": proof.codes_at_ties, "propagated": proof.propagated}
+               "chain_max_difference": chain.max_difference, "top1_agreement": chain.top1_agreement,
+               "codes_compared": proof.codes_compared, "codes_at_ties": proof.codes_at_ties,
+               "propagated": proof.propagated}
     if integer_zero_points and layers:
         moved = compare(torch_outputs(model, inputs), torch_outputs(reference_model, inputs), math.inf)
         moved_top1 = "" if moved.top1_agreement is None else f", top-1 agreement with it {100 * moved.top1_agreement:.1f} %"

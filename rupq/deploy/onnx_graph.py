@@ -113,12 +113,19 @@ class GraphRewriter:
             raise ExportError(f"layer '{layer_name}': expected one Conv/Gemm/MatMul using '{tensor}', found {found}")
         return layers[0]
 
-    def quantize_input(self, layer_name: str, grid: ActivationGrid) -> None:
-        """The data input of the layer's node goes through ``Sub → QuantizeLinear → [Clip] → DequantizeLinear → Add``."""
+    def quantize_input(self, layer_name: str, grid: ActivationGrid, pads_quantized_input: bool = False) -> None:
+        """The data input of the layer's node goes through ``Sub → QuantizeLinear → [Clip] → DequantizeLinear → Add``;
+        with ``pads_quantized_input`` (a layer whose own forward pads, as timm's Conv2dSame does, runs
+        on the quantized input), the input of the ``Pad`` in front of it does."""
         import numpy as np
         from onnx import helper
 
         position, node = self._layer_node(layer_name)
+        if pads_quantized_input:
+            padding = [(index, pad) for index, pad in enumerate(self.graph.node)
+                       if pad.op_type == "Pad" and pad.output[0] == node.input[0]]
+            if padding:
+                position, node = padding[0]
         found = activation_carrier(grid.low, grid.high, grid.zero_point)
         if found is None:
             raise ExportError(
@@ -199,7 +206,7 @@ def quantized_model_proto(model, input_size, arch_name: str, integer_zero_points
     for name, layer in layers.items():
         rewriter.quantize_weight(name, weight_codes(layer, name))
         grid = activation_grid(layer, name, integer_zero_points)
-        rewriter.quantize_input(name, grid)
+        rewriter.quantize_input(name, grid, layer.runs_own_forward)
         bits[name] = (layer.quantizer.weight_quantizer.bit_width, grid.bit_width)
     return rewriter.finish(), float_proto, bits
 

@@ -76,6 +76,11 @@ class QuantModule(nn.Module):
         return self
 
     @property
+    def runs_own_forward(self) -> bool:
+        """Whether the wrapped layer's own forward runs (a subclass overriding it), on the quantized input."""
+        return self._own_forward
+
+    @property
     def weight(self) -> torch.Tensor:
         return self.module.weight
 

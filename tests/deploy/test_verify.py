@@ -74,7 +74,8 @@ def test_paper_architectures_at_224_are_exported_although_flips_propagate(export
     model, _, _, stdout = exported["resnet18"]
     assert f"checking the file in onnxruntime on {CHECK_BATCH} validation samples of ImageNet2012Dataloader" in stdout
     assert f"PyTorch's codes in all {len(quantized_layers(model))} layers" in stdout
-    assert re.search(r"outputs: max \|onnxruntime - PyTorch\| = \S+ \(one output quantization step: \S+\), "
+    assert "float parts, every layer fed onnxruntime's codes: each layer's float input within float noise" in stdout
+    assert re.search(r"outputs of the PyTorch model on its own: max \|onnxruntime - PyTorch\| = \S+ \(information\), "
                      r"top-1 agreement 100.0 %", stdout), stdout
     # The whole-chain comparison that refused this file: codes differ once ties have propagated.
     propagated = re.search(r"along the whole chain \(information, not an error\): (\d+) of (\d+) codes differ", stdout)
@@ -139,3 +140,11 @@ def test_one_output_channel_weight_codes_off_by_one_are_refused(exported):
 
     broken = replace_initializer(proto, f"{layer}.weight_codes", shift_channel)
     assert_refused(model, broken, inputs, layer)
+
+
+def test_a_float_part_between_two_quantized_layers_changed_is_refused(exported):
+    model, inputs, proto, _ = exported["resnet18"]
+    # A BatchNorm scale 2 % off: every code checked against the formula on onnxruntime's own
+    # float input still agrees; the float input itself no longer follows from the layers before.
+    broken = replace_initializer(proto, "layer2.1.bn1.weight", lambda scale: (scale * 1.02).astype(np.float32))
+    assert_refused(model, broken, inputs, "layer2.1.conv2")

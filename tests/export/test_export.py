@@ -281,8 +281,13 @@ def test_disagreement_with_pytorch_fails_and_writes_nothing(tmp_path, monkeypatc
 
     kwargs, input_size, _, _ = ARCHITECTURES["small_resnet"]
     _, checkpoint = make_run(tmp_path / "run", "small_resnet", kwargs, input_size, "rupq")
-    real = rupq.deploy.verify.onnxruntime_outputs
-    monkeypatch.setattr(rupq.deploy.verify, "onnxruntime_outputs", lambda data, inputs: [o + 5.0 for o in real(data, inputs)])
+    real = rupq.deploy.verify.onnxruntime_layer_tensors
+
+    def outputs_moved(*args):
+        outputs, tensors = real(*args)
+        return [output + 5.0 for output in outputs], tensors
+
+    monkeypatch.setattr(rupq.deploy.verify, "onnxruntime_layer_tensors", outputs_moved)
     out = tmp_path / "model.onnx"
     result = run_export("--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 2

@@ -16,6 +16,7 @@ from rupq.errors import CheckpointError, ConfigError, RupqError
 from rupq.models import architecture_of, create_model, pretrained_model
 from rupq.models.named import split_source
 from rupq.quantizers import ModuleQuantizer, quantizers_of
+from rupq.quantizers.report import summary
 from rupq.tools.callbacks.base import Callback
 from rupq.tools.callbacks.model_saver import ModelSaver
 from rupq.tools.training.loops import TrainingLoop, move_to
@@ -287,12 +288,28 @@ class Task:
         if context.world_size > 1:
             self.training_loop.dataset.distribute(context.rank, context.world_size)
         model = self.build_model(context, resume_state)
-        quantized = self.model_parser is not None
-        if quantized:
+        if self.model_parser is not None:
+            if context.is_main:
+                print(summary(model), flush=True)  # what is quantized, and what stays in float and why
             self.initialize_quantizers(model, context)
+        trainer = self.build_trainer(model, context)
+        if resume_state is not None:
+            self._resume(trainer, resume_state, context)
+        if context.world_size > 1 and not trainer.restored_every_process_rng:
+            # One seed so far on every process (identical models and calibration); from here on
+            # each process draws its own augmentations and dropout masks.
+            seed_everything(process_seed(self.seed, context.rank, trainer.global_step))
+        logged = trainer.fit()
+        if context.is_main:
+            self._report(trainer, logged, context)
+        return logged
+
+    def build_trainer(self, model: nn.Module, context: RunContext) -> Trainer:
+        """The shared trainer over ``model`` (initialised), with this task's optimizers and
+        callbacks, wrapped for several devices and compiled as the config and command line say."""
         optimizers = build_optimizers(model, self.optimizers, argument_locations(self, "optimizers"))
         callbacks = [self.model_saver] + self.callbacks
-        if quantized:
+        if self.model_parser is not None:
             from rupq.tools.callbacks.quantization import QuantVarsCallback
 
             if not any(isinstance(callback, QuantVarsCallback) for callback in callbacks):
@@ -306,7 +323,7 @@ class Task:
                 print("compiling the model with torch.compile (the first steps take longer)", flush=True)
             train_model = torch.compile(train_model, dynamic=True)
         fast = context.fast_dev_run is not None
-        trainer = Trainer(
+        return Trainer(
             model=model,
             training_loop=self.training_loop,
             optimizers=optimizers,
@@ -323,33 +340,32 @@ class Task:
             limit_batches=context.fast_dev_run,
             log_every_n_steps=self.log_every_n_steps,
         )
-        if resume_state is not None:
-            try:
-                trainer.load_state_dict(resume_state)
-            except RupqError as error:
-                raise error.at(context.checkpoint_path)
-            if fast:  # one epoch from where the checkpoint stopped
-                trainer.epochs = trainer.epoch + 1
-            if trainer.epoch >= self.epochs:
-                raise ConfigError(
-                    f"{context.checkpoint_path} already finished epoch {trainer.epoch} of {self.epochs}: "
-                    "raise epochs in the config to train further", location_of(self)
-                )
-            if context.is_main:
-                print(f"resuming at epoch {trainer.epoch + 1}, iteration {trainer.start_batch + 1}", flush=True)
-                self._carry_over_best_model(context)
-        if context.world_size > 1 and not trainer.restored_every_process_rng:
-            # One seed so far on every process (identical models and calibration); from here on
-            # each process draws its own augmentations and dropout masks.
-            seed_everything(process_seed(self.seed, context.rank, trainer.global_step))
-        logged = trainer.fit()
-        if fast and context.is_main:
-            names = ", ".join(type(callback).__name__ for callback in callbacks)
+
+    def _resume(self, trainer: Trainer, resume_state: dict, context: RunContext) -> None:
+        """The trainer where the interrupted run stopped (--checkpoint_path)."""
+        try:
+            trainer.load_state_dict(resume_state)
+        except RupqError as error:
+            raise error.at(context.checkpoint_path)
+        if context.fast_dev_run is not None:  # one epoch from where the checkpoint stopped
+            trainer.epochs = trainer.epoch + 1
+        if trainer.epoch >= self.epochs:
+            raise ConfigError(
+                f"{context.checkpoint_path} already finished epoch {trainer.epoch} of {self.epochs}: "
+                "raise epochs in the config to train further", location_of(self)
+            )
+        if context.is_main:
+            print(f"resuming at epoch {trainer.epoch + 1}, iteration {trainer.start_batch + 1}", flush=True)
+            self._carry_over_best_model(context)
+
+    def _report(self, trainer: Trainer, logged: dict, context: RunContext) -> None:
+        """What a finished run prints and writes: the fast dev run's line, ``results.json``."""
+        if context.fast_dev_run is not None:
+            names = ", ".join(type(callback).__name__ for callback in trainer.callbacks)
+            kind = "quantized" if self.model_parser is not None else "full-precision"
             print(f"fast dev run: {context.fast_dev_run} training and {context.fast_dev_run} validation batches of "
                   f"epoch {trainer.epoch + 1} (of {self.epochs}) with callbacks {names}; "
-                  f"{len(optimizers)} optimizer(s), {'quantized' if quantized else 'full-precision'} "
-                  f"{architecture_of(model)['name']}", flush=True)
-        if context.is_main and context.version_dir is not None:
+                  f"{len(trainer.optimizers)} optimizer(s), {kind} {architecture_of(trainer.model)['name']}", flush=True)
+        if context.version_dir is not None:
             results = json.dumps({**logged, "overrides": context.overrides}, indent=2, sort_keys=True) + "\n"
             save_atomic(results.encode(), context.version_dir / "results.json")
-        return logged
