@@ -35,10 +35,13 @@ def create_model(arch: str, **kwargs) -> nn.Module:
             close = [f"torchvision:{arch}"]
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(model_names())}"
         raise ConfigError(f"unknown model_arch '{arch}'; {hint} (any other model: torchvision:NAME or timm:NAME)")
+    # Arguments the builder does not take (TypeError) are the config's; torchvision's and timm's
+    # builders also check their values with ValueError. Anything else keeps its traceback.
+    user_errors = (TypeError, ValueError) if named else (TypeError,)
     try:
         model = build_named(*named, **kwargs) if named else _MODELS[arch](**kwargs)
-    except (TypeError, ValueError) as error:  # arguments the builder does not take or accept
-        raise ConfigError(f"model_arch '{arch}': {error}") from None
+    except user_errors as error:
+        raise ConfigError(f"model_arch '{arch}': {error}") from error
     return _named(model, arch, kwargs)
 
 
