@@ -174,7 +174,9 @@ def quantized_tiny_convnet(input_standardization: bool) -> nn.Module:
 
     def quantizer():
         standardization = Standardization(momentum=0.9, std_init=1.0) if input_standardization else None
-        return ModuleQuantizer(StepOffsetQuantizer(MeanStdInitializer(), standardization),
+        # bound_gradient 0.5: ReLU zeros on the lower bound then give every offset a gradient to
+        # compare (with the default 1.0 a post-ReLU layer's offset gets none).
+        return ModuleQuantizer(StepOffsetQuantizer(MeanStdInitializer(), standardization, bound_gradient=0.5),
                                StepQuantizer(MeanStdInitializer(), per_channel=True))
 
     torch.manual_seed(0)
