@@ -87,16 +87,20 @@ def tiny_imagenet(tmp_path) -> Path:
     return write_tiny_imagenet(tmp_path / "imagenet")
 
 
-def write_tiny_imagenet(root: Path) -> Path:
-    """ImageNet folder layout: train/ and val/ with 2 classes of small JPEGs."""
+def random_pixels(rng) -> np.ndarray:
+    return rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8)
+
+
+def write_tiny_imagenet(root: Path, image=random_pixels) -> Path:
+    """ImageNet folder layout: train/ and val/ with 2 classes of small JPEGs (``image(rng)``:
+    the pixels of each, random 40×48 by default)."""
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 4), ("val", 2)):
         for cls in ("n01440764", "n01443537"):
             folder = root / split / cls
             folder.mkdir(parents=True)
             for index in range(per_class):
-                pixels = rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{cls}_{index}.JPEG")
+                Image.fromarray(image(rng)).save(folder / f"{cls}_{index}.JPEG")
     return root
 
 

@@ -15,13 +15,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from PIL import Image
 
 from rupq.deploy.integers import activation_grid, quantized_layers
 from rupq.deploy.verify import check_file
 from rupq.errors import ExportError
 from rupq.export import check_inputs, load_model
-from conftest import REPO, run_export, run_main
+from conftest import REPO, run_export, run_main, write_tiny_imagenet
 
 RECIPES = {
     "resnet18": "rupq/examples/quantized/classification/resnet18/w4a4_rupq.yaml",
@@ -30,21 +29,13 @@ RECIPES = {
 CHECK_BATCH = 4
 
 
-def write_photo_folder(root):
-    """ImageNet layout (train/, val/, two classes) of 256×256 crops of scikit-image's photographs."""
+def photo_crop(rng):
+    """A 256×256 crop of one of scikit-image's photographs."""
     from skimage import data
 
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 4), ("val", 2)):
-        for label in ("n01440764", "n01443537"):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for index in range(per_class):
-                photo = photos[rng.integers(len(photos))]
-                top, left = rng.integers(photo.shape[0] - 256), rng.integers(photo.shape[1] - 256)
-                Image.fromarray(photo[top:top + 256, left:left + 256]).save(folder / f"{label}_{index}.JPEG")
-    return root
+    photo = (data.astronaut, data.coffee, data.chelsea, data.rocket)[rng.integers(4)]()
+    top, left = rng.integers(photo.shape[0] - 256), rng.integers(photo.shape[1] - 256)
+    return photo[top:top + 256, left:left + 256]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +43,7 @@ def exported(tmp_path_factory):
     """``{arch: (model, inputs, file proto, export stdout)}``: each recipe trained one epoch of two
     steps on the photographs, then exported with ``rupq export`` (its check on 4 validation images)."""
     folder = tmp_path_factory.mktemp("verify")
-    photos = write_photo_folder(folder / "photos")
+    photos = write_tiny_imagenet(folder / "photos", image=photo_crop)  # ImageNet layout, photographs
     runs = {}
     for arch, config in RECIPES.items():
         logdir = folder / arch
