@@ -88,7 +88,7 @@ def test_replicas_in_threads_compile_what_one_thread_compiles(monkeypatch):
         # Two replicas at once, in threads of their own, reuse those graphs. Dynamo is not thread-safe
         # (pytorch#118260, #111569: guards on thread-local state are checked against process-wide
         # copies), so two threads racing through a guard can, rarely, compile one graph again (seen
-        # once in CI: 36 against 35); settings that missed the threads would recompile every size.
+        # once in CI: 36 against 35); replicas that compiled graphs of their own would add dozens.
         start = compiled_graphs()
         replicas = [threading.Thread(target=training_steps, args=(copy.deepcopy(model),)) for _ in range(2)]
         for replica in replicas:
