@@ -70,7 +70,10 @@ def weight_codes(layer, name: str) -> WeightCodes:
     # LSQ's gradient scale changes s' = (|s| - |s|g) + |s|g by an ulp: use the weight's own g.
     grad_scale = step_gradient_scale(weight.numel(), quantizer.step.numel(), quantizer.positive_clip)
     transformation = quantizer.transformation
-    sigma_arguments = {} if transformation is None else transformation.formula_arguments(weight, None)
+    sigma_arguments = {}
+    if transformation is not None:
+        transformation.ensure_ema_initialized(weight, None)  # as the quantizer's forward (calibrated: nothing)
+        sigma_arguments = transformation.formula_arguments(weight, None)
     with torch.no_grad():
         out, sigma = fake_quantize(
             weight, quantizer.step.detach(), quantizer.negative_clip, quantizer.positive_clip, grad_scale,

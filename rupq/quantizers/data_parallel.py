@@ -36,7 +36,4 @@ def shard_activation_quantizers(model: nn.Module, shards: int, process_group=Non
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     for _, layer in quant_layers_of(model):
-        quantizer = layer.quantizer.input_quantizer
-        quantizer.batch_shards = int(shards)
-        if quantizer.transformation is not None:
-            quantizer.transformation.process_group = process_group
+        layer.quantizer.input_quantizer.set_sharding(shards, process_group)

@@ -73,13 +73,20 @@ class StepQuantizer(nn.Module):
         self.register_buffer("initial_step", torch.ones([]))
         self._initialized = False
         # Data-parallel training cuts the global batch into this many equal shards (one per
-        # DataParallel replica or DDP process); set by rupq.quantizers.data_parallel on input
-        # quantizers, so that LSQ's gradient scale counts the elements of the global batch.
+        # DataParallel replica or DDP process); set_sharding, by rupq.quantizers.data_parallel on
+        # input quantizers, so that LSQ's gradient scale counts the elements of the global batch.
         self.batch_shards = 1
 
     @property
     def initialized(self) -> bool:
         return self._initialized
+
+    def set_sharding(self, shards: int, process_group=None) -> None:
+        """This quantizer sees ``1 / shards`` of the global batch; ``process_group`` (DDP's group,
+        or ``None``) is the one its standardization takes σ over in training steps."""
+        self.batch_shards = int(shards)
+        if self.transformation is not None:
+            self.transformation.set_process_group(process_group)
 
     def configure(self, bit_width: int, half_wave: bool, step_shape: list[int], sigma_shape: list[int]) -> None:
         """Fix the integer range and create the step (and σ EMA) with their final shapes."""
@@ -131,7 +138,10 @@ class StepQuantizer(nn.Module):
             raise RuntimeError(f"{type(self).__name__} used before ModelParser configured it")
         transformation = self.transformation
         offset = self._offset()
-        sigma_arguments = {} if transformation is None else transformation.formula_arguments(x, offset)
+        sigma_arguments = {}
+        if transformation is not None:
+            transformation.ensure_ema_initialized(x, offset)
+            sigma_arguments = transformation.formula_arguments(x, offset)
         if not self._initialized:
             self._initialize(x, offset)
         grad_scale = step_gradient_scale(x.numel() * self.batch_shards, self.step.numel(), self.positive_clip)

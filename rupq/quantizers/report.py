@@ -3,6 +3,7 @@ what is quantized and what stayed in float, quantizer listing."""
 
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import torch
 from torch import nn
@@ -53,14 +54,13 @@ def initialize_quantizers(model: nn.Module, *inputs) -> None:
     standardizations = [module for module in model.modules() if isinstance(module, Standardization)]
     cuda_devices = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
     try:
-        for standardization in standardizations:
-            standardization.freeze_ema = True
-        model.train()
-        with torch.random.fork_rng(devices=cuda_devices), quantize.eagerly():
-            model(*inputs)
+        with ExitStack() as frozen:
+            for standardization in standardizations:
+                frozen.enter_context(standardization.frozen_ema())
+            model.train()
+            with torch.random.fork_rng(devices=cuda_devices), quantize.eagerly():
+                model(*inputs)
     finally:
-        for standardization in standardizations:
-            standardization.freeze_ema = False
         for buffer, value in saved_buffers:
             buffer.copy_(value)
         for module, training in modes.items():

@@ -10,6 +10,8 @@ The arithmetic (σ from the std, the EMA mixing, the ε guard) is in
   (:func:`global_standard_deviation`), so that every process holds the same EMA.
 """
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -76,15 +78,30 @@ class Standardization(nn.Module):
         self.momentum = float(momentum)
         self.std_init = None if std_init is None else float(std_init)
         self.trainable = bool(trainable)
-        # initialize_quantizers sets this so that its calibration pass leaves the EMA as it was
-        # (apart from the first-batch initialization).
-        self.freeze_ema = False
-        # Under DistributedDataParallel (set by rupq.quantizers.data_parallel on activations):
-        # training steps take σ of the global batch, so every process holds the same EMA.
+        # True inside frozen_ema(): training steps leave the EMA as it was.
+        self._freeze_ema = False
+        # Under DistributedDataParallel (set_process_group, by rupq.quantizers.data_parallel on
+        # activations): training steps take σ of the global batch, so every process holds the same EMA.
         self.process_group = None
         self.register_buffer("ema_std", torch.full([], self.std_init or 1.0))
         self.register_buffer("ema_std_initialized", torch.tensor(self.std_init is not None))
         self._ema_ready = self.std_init is not None
+
+    def set_process_group(self, process_group) -> None:
+        """Take σ of training steps over the global batch of ``process_group`` (DDP's group);
+        ``None``: over this process's tensor."""
+        self.process_group = process_group
+
+    @contextmanager
+    def frozen_ema(self):
+        """Inside the block training steps leave the EMA as it was (apart from its first-batch
+        initialization): the calibration pass of :func:`~rupq.quantizers.report.initialize_quantizers`."""
+        previous = self._freeze_ema
+        self._freeze_ema = True
+        try:
+            yield self
+        finally:
+            self._freeze_ema = previous
 
     def configure(self, sigma_shape: list[int]) -> None:
         """Give the EMA the shape of σ for the tensor it will see."""
@@ -110,15 +127,19 @@ class Standardization(nn.Module):
         """The dims σ's std reduces: all of them, or all but the leading one (``dim``)."""
         return tuple(range(0 if self.dim is None else 1, x.dim()))
 
+    def ensure_ema_initialized(self, x: torch.Tensor, offset: torch.Tensor | None) -> None:
+        """On the very first tensor (no ``std_init``, no loaded state) its std ``std(x - o)``
+        initialises the EMA; afterwards nothing. Call it before :meth:`formula_arguments`."""
+        if not self._ema_ready:
+            self.initialize_ema(standard_deviation(x.float() if offset is None else x.float() - offset, self.std_dims(x)))
+
     def formula_arguments(self, x: torch.Tensor, offset: torch.Tensor | None) -> dict:
-        """The σ rule for :func:`~rupq.quantizers.fake_quantize.fake_quantize`.
+        """The σ rule for :func:`~rupq.quantizers.fake_quantize.fake_quantize` (changes nothing).
 
         Training: ``m · ema + (1 - m) · std(x - o)``, computed inside the formula (under DDP from
         the global batch's std, computed here). Eval: the stored EMA, or the detached std when
-        ``m == 0``. On the very first tensor (no ``std_init``) its std initialises the EMA.
+        ``m == 0``.
         """
-        if not self._ema_ready:
-            self.initialize_ema(standard_deviation(x.float() if offset is None else x.float() - offset, self.std_dims(x)))
         if not self.training:
             if self.momentum != 0.0:
                 return {"sigma": self.ema_std.detach()}
@@ -144,7 +165,7 @@ class Standardization(nn.Module):
 
     def update_ema(self, sigma: torch.Tensor) -> None:
         """``ema ← σ`` of a training step (unless frozen)."""
-        if not self.freeze_ema:
+        if not self._freeze_ema:
             if torch.compiler.is_compiling():
                 # Inside a whole compiled model the backward pass may recompute σ from the EMA
                 # buffer it read; updated in place, the buffer would hold the next σ by then

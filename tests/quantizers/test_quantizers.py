@@ -159,7 +159,8 @@ def test_initializer_sees_the_standardized_offset_tensor():
 
 
 def sigma_of(standardization, x):
-    """The σ a quantizer's step would use on ``x``, the EMA updated."""
+    """The σ a quantizer's step would use on ``x``, the EMA initialised and updated."""
+    standardization.ensure_ema_initialized(x, None)
     _, sigma = fake_quantize(x, torch.ones([]), -8, 7, 1.0, **standardization.formula_arguments(x, None))
     if standardization.training:
         standardization.update_ema(sigma)
