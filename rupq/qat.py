@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from rupq.errors import CheckpointError, ConfigError, RupqError
+from rupq.quantizers.initialization import initialize_quantizers
 from rupq.quantizers.parser import ModelParser
 from rupq.quantizers.presets import preset, preset_names
-from rupq.quantizers.report import initialize_quantizers, quantizers_of, summary
+from rupq.quantizers.report import summary
+from rupq.quantizers.walk import quantizers_of
 
 #: Bit widths that ``layers`` accepts.
 LAYER_BITS = (2, 16)

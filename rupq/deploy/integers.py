@@ -20,17 +20,17 @@ INTEGER_FORMAT = "rupq-integer-v1"
 
 def quantized_layers(model) -> dict:
     """``{name: QuantConv2d/QuantLinear}`` in module order."""
-    from rupq.quantizers.modules import QuantModule
+    from rupq.quantizers.walk import quant_layers_of
 
-    return {name: module for name, module in model.named_modules() if isinstance(module, QuantModule)}
+    return dict(quant_layers_of(model))
 
 
 def float_twin(model):
     """A copy of ``model`` with each quantized layer replaced by the plain layer it wraps."""
+    from rupq.quantizers.walk import replace_modules
+
     twin = copy.deepcopy(model)
-    for name, layer in quantized_layers(twin).items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(twin.get_submodule(parent_name) if parent_name else twin, child, layer.module)
+    replace_modules(twin, {name: layer.module for name, layer in quantized_layers(twin).items()})
     return twin
 
 

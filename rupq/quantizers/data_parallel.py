@@ -23,7 +23,7 @@ left alone.
 
 from torch import nn
 
-from rupq.quantizers.report import quant_layers_of
+from rupq.quantizers.walk import quant_layers_of
 
 
 def shard_activation_quantizers(model: nn.Module, shards: int, process_group=None) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from rupq.errors import ConfigError
 from rupq.quantizers.modules import QuantModule
+from rupq.quantizers.walk import replace_modules
 
 FIRST, LAST = "<first>", "<last>"
 
@@ -215,19 +216,19 @@ class ModelParser:
         weight_bits = self.weight_bit_width.resolve(candidate_names)
         half_waves = self.half_wave.resolve(candidate_names)
         named = dict(model.named_modules())
+        wrappers = {}
         for name, prototype in candidates.items():
             half_wave = half_waves[name]
             if not isinstance(half_wave, bool):
                 raise ConfigError(f"model_parser: half_wave of layer '{name}' must be true or false, got {half_wave!r}")
-            wrapper = copy.deepcopy(prototype).attach(
+            wrappers[name] = copy.deepcopy(prototype).attach(
                 named[name],
                 input_bit_width=_bit_width(input_bits[name], name, "input"),
                 weight_bit_width=_bit_width(weight_bits[name], name, "weight"),
                 half_wave=half_wave,
                 layer_name=name,
             )
-            parent_name, _, child_name = name.rpartition(".")
-            setattr(named[parent_name] if parent_name else model, child_name, wrapper)
+        replace_modules(model, wrappers)
         if not any(isinstance(module, QuantModule) for module in model.modules()):
             kinds = ", ".join(sorted(self.wrappers))
             raise ConfigError(

@@ -1,70 +1,15 @@
-"""Helpers around a parsed model: one-shot initialization, the calibration report, the summary of
-what is quantized and what stayed in float, quantizer listing."""
+"""Reports on a parsed model: the calibration report (the quantizers as initialised) and the
+summary of what is quantized and what stayed in float, with the reason."""
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack
 
 import torch
 from torch import nn
 
-from rupq.quantizers.compiled import quantize
 from rupq.quantizers.modules import QuantModule
 from rupq.quantizers.parser import FLOAT_REASONS, layers_read_by_parent
-from rupq.quantizers.quantizers import StepOffsetQuantizer, StepQuantizer
-from rupq.quantizers.transformations import Standardization
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DataParallel / DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
-
-
-def quantizers_of(model: nn.Module) -> Iterator[tuple[str, StepQuantizer]]:
-    """``(qualified_name, quantizer)`` for every quantizer, e.g. ``conv1.quantizer.input_quantizer``."""
-    for name, module in _unwrap(model).named_modules():
-        if isinstance(module, StepQuantizer):
-            yield name, module
-
-
-def quant_layers_of(model: nn.Module) -> Iterator[tuple[str, QuantModule]]:
-    """``(layer_name, wrapped_layer)`` for every wrapped layer."""
-    for name, module in _unwrap(model).named_modules():
-        if isinstance(module, QuantModule):
-            yield name, module
-
-
-@torch.no_grad()
-def initialize_quantizers(model: nn.Module, *inputs) -> None:
-    """Initialise every quantizer with one training-mode forward pass over ``inputs``.
-
-    Run it on the full batch before any DataParallel/DDP replication, so that replicas start
-    from initialised quantizers. Everything else the pass would change is put back: BatchNorm
-    running statistics and counters (every buffer outside the quantizers), the σ EMAs beyond
-    their first-batch initialization, the random number generators, the train/eval mode.
-    """
-    model = _unwrap(model)
-    modes = {module: module.training for module in model.modules()}
-    quantizer_buffers = {
-        id(buffer) for _, quantizer in quantizers_of(model) for buffer in quantizer.buffers()
-    }
-    saved_buffers = [
-        (buffer, buffer.clone()) for buffer in model.buffers() if id(buffer) not in quantizer_buffers
-    ]
-    standardizations = [module for module in model.modules() if isinstance(module, Standardization)]
-    cuda_devices = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
-    try:
-        with ExitStack() as frozen:
-            for standardization in standardizations:
-                frozen.enter_context(standardization.frozen_ema())
-            model.train()
-            with torch.random.fork_rng(devices=cuda_devices), quantize.eagerly():
-                model(*inputs)
-    finally:
-        for buffer, value in saved_buffers:
-            buffer.copy_(value)
-        for module, training in modes.items():
-            module.training = training
+from rupq.quantizers.quantizers import StepOffsetQuantizer
+from rupq.quantizers.walk import quant_layers_of, unwrap
 
 
 def _format_step(step: torch.Tensor) -> str:
@@ -125,7 +70,7 @@ def _table(header: tuple, rows: list[tuple]) -> list[str]:
 def summary(model: nn.Module) -> str:
     """Every quantized layer (name, type, bits, per-channel weight step, input offset, σ) and every
     layer with parameters left in float, with the reason; normalization layers by type."""
-    model = _unwrap(model)
+    model = unwrap(model)
     recorded = getattr(model, FLOAT_REASONS, {})
     read_by_parent = layers_read_by_parent(model)
     quantized, floating, normalization = [], [], {}

@@ -95,7 +95,7 @@ class Standardization(nn.Module):
     @contextmanager
     def frozen_ema(self):
         """Inside the block training steps leave the EMA as it was (apart from its first-batch
-        initialization): the calibration pass of :func:`~rupq.quantizers.report.initialize_quantizers`."""
+        initialization): the calibration pass of :func:`~rupq.quantizers.initialization.initialize_quantizers`."""
         previous = self._freeze_ema
         self._freeze_ema = True
         try:

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from rupq.quantizers.quantizers import StepQuantizer
-from rupq.quantizers.report import quant_layers_of, quantizers_of
+from rupq.quantizers.walk import quant_layers_of, quantizers_of
 from rupq.quantizers.fake_quantize import standard_deviation
 from rupq.tools.callbacks.base import Callback
 
