@@ -154,11 +154,8 @@ def calibrate(model: nn.Module, batches) -> nn.Module:
     tensors = [batches] if isinstance(batches, torch.Tensor) else [_batch_inputs(batch) for batch in batches]
     if not tensors or not all(isinstance(tensor, torch.Tensor) for tensor in tensors):
         raise RupqError("rupq.calibrate: batches must be a tensor or an iterable of tensors / (inputs, targets) pairs")
-    from rupq.tools.training.parallel import broadcast_quantizers
-
     device = next(model.parameters()).device
     initialize_quantizers(model, torch.cat(tensors).to(device))
-    broadcast_quantizers(model)  # under torchrun: rank 0's quantizers in every process
     return model
 
 

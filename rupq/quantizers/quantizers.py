@@ -9,6 +9,7 @@ tensor's min/max and step (for the calibration report) are all in the state dict
 """
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from rupq.errors import ConfigError
@@ -119,6 +120,10 @@ class StepQuantizer(nn.Module):
         self.max_value.copy_(quantized_input.max())
         step = self.initializer(quantized_input, self.negative_clip, self.positive_clip, list(self.step.shape))
         self.step.copy_(step.reshape(self.step.shape))
+        if dist.is_available() and dist.is_initialized():
+            # Task initialises on the global first batch on every process, so the steps agree
+            # already; rank 0's copy makes them bit-identical whatever each process computed.
+            dist.broadcast(self.step.data, src=0)
         self.initial_step.copy_(self.step)
         self.initialized_flag.fill_(True)
         self._initialized = True

@@ -29,7 +29,6 @@ from torch import nn
 
 from rupq.errors import ConfigError
 from rupq.quantizers.data_parallel import shard_activation_quantizers
-from rupq.quantizers.walk import quantizers_of
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -175,19 +174,6 @@ def synchronize_buffers(model: nn.Module) -> None:
         return
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
-
-
-def broadcast_quantizers(model: nn.Module) -> None:
-    """Give every process rank 0's quantizers (steps, offsets, σ EMAs, their records).
-
-    After initialising on the same global first batch the processes agree already; rank 0's
-    copy makes them bit-identical whatever each process computed.
-    """
-    if not is_distributed():
-        return
-    for _, quantizer in quantizers_of(model):
-        for tensor in [*quantizer.parameters(), *quantizer.buffers()]:
-            dist.broadcast(tensor.data, src=0)
 
 
 def any_process(flag: bool, device: torch.device) -> bool:

@@ -21,7 +21,7 @@ from rupq.tools.callbacks.base import Callback
 from rupq.tools.callbacks.model_saver import ModelSaver
 from rupq.tools.training.loops import TrainingLoop, move_to
 from rupq.tools.training.optimizers import build_optimizers
-from rupq.tools.training.parallel import broadcast_quantizers, process_seed
+from rupq.tools.training.parallel import process_seed
 from rupq.tools.training.trainer import Trainer
 from rupq.tools.utils.checkpoint import MODEL_FORMAT, TRAINING_FORMAT, load_checkpoint, save_atomic
 
@@ -262,8 +262,7 @@ class Task:
         return self.build_model(RunContext(None, torch.device("cpu"), checkpoint_path=str(path)), {"model": saved})
 
     def initialize_quantizers(self, model: nn.Module, context: RunContext) -> None:
-        """Initialise every quantizer on the full first batch, before any replication; under
-        torchrun every process then takes rank 0's quantizers."""
+        """Initialise every quantizer on the full first batch, before any replication."""
         from rupq.quantizers import calibration_report, initialize_quantizers, quantizers_of
 
         if all(quantizer.initialized for _, quantizer in quantizers_of(model)):
@@ -271,7 +270,6 @@ class Task:
         batch = move_to(self.training_loop.dataset.calibration_batch(self.seed), context.device)
         inputs, _ = self.training_loop.unpack_batch(batch)
         initialize_quantizers(model, inputs)
-        broadcast_quantizers(model)
         if self.training_loop.print_calibration and context.is_main:
             print(calibration_report(model), flush=True)
 
