@@ -45,7 +45,8 @@ from pathlib import Path
 import torch
 
 from bench.chain_reference import install_chain_reference
-from rupq.config import config_tree, load_config
+from rupq.config import load_config
+from rupq.config_text import config_tree
 from rupq.errors import RupqError
 from rupq.models import create_model
 from rupq.quantizers import MinErrorInitializer, initialize_quantizers

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 # `import rupq` needs the package installed (`pip install -e .`, see the README).
-from rupq.config import effective_config_text
+from rupq.config_text import effective_config_text
 from rupq.errors import ConfigError, RupqError  # no torch import yet: --gpu comes first
 
 
@@ -98,7 +98,8 @@ def make_version_dir(args: argparse.Namespace, parallel) -> Path:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from rupq.config import ConfigCaseWarning, load_config, location_of
+    from rupq.config import load_config, location_of
+    from rupq.tags import ConfigCaseWarning
     from rupq.tools.training.parallel import setup_parallelism
     from rupq.tools.training.task import RunContext, Task
 

@@ -1,12 +1,15 @@
 import hashlib
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from rupq.config import load_config, location_of
+from rupq.config import argument_locations, load_config, location_of
 from rupq.errors import ConfigError
+from rupq.tags import tag_registry
 from rupq.tools.metrics import Accuracy
 from rupq.tools.training import Task, TrainingLoop
 
@@ -79,6 +82,67 @@ def test_errors_name_file_and_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, text))
     assert message in str(error.value)
+
+
+def _parse_bits(text):
+    return int(text, base=2)
+
+
+class _DividesByZero:
+    def __init__(self, n: int = 0):
+        self.value = 1 / n
+
+
+class _ParsesInAHelper:
+    def __init__(self, n: int = 0):
+        self.n = _parse_bits(str(n))
+
+
+def test_a_bug_in_a_constructor_keeps_its_traceback(tmp_path, monkeypatch):
+    # Only the user's mistakes become one line: an exception the constructor did not raise for
+    # its arguments (here raised in the functions it calls) propagates as it is.
+    monkeypatch.setitem(tag_registry(), "DividesByZero", _DividesByZero)
+    with pytest.raises(ZeroDivisionError):
+        load_config(write(tmp_path, "m: !DividesByZero\n"))
+    # A ValueError is the user's only when the constructor raised it itself, not a function it calls.
+    monkeypatch.setitem(tag_registry(), "ParsesInAHelper", _ParsesInAHelper)
+    with pytest.raises(ValueError, match="invalid literal") as error:
+        load_config(write(tmp_path, "m: !ParsesInAHelper {n: 3}\n"))
+    assert not isinstance(error.value, ConfigError)
+
+
+def test_a_value_the_constructor_refuses_is_one_line(tmp_path):
+    # Raised by the constructor itself, also torch's: the user's value, named at its line.
+    text = "m: !Conv2d {in_channels: 1, out_channels: 1, kernel_size: 1, groups: 0}\n"
+    with pytest.raises(ConfigError, match=r"cfg.yaml:1: !Conv2d: groups must be a positive integer"):
+        load_config(write(tmp_path, text))
+    # A ConfigError the constructor raises is the user's, wherever it raises it (here in a function it calls).
+    text = "d: &d !FashionMNISTDataloader {batch_size: 8}\nm: !TrainingLoop {dataset: *d, val_metrics: {top: 5}}\n"
+    with pytest.raises(ConfigError, match=r"cfg.yaml:2: !TrainingLoop: val_metrics.top is not a metric"):
+        load_config(write(tmp_path, text))
+
+
+def test_locations_are_kept_beside_the_objects_not_on_them(tmp_path):
+    path = write(tmp_path, """
+        loop: !TrainingLoop
+          dataset: !FashionMNISTDataloader {batch_size: 8}
+          train_metrics:
+            accuracy: !Accuracy
+        """)
+    loop = load_config(path)["loop"]
+    assert location_of(loop) == f"{path}:2" and location_of(loop.train_metrics["accuracy"]) == f"{path}:5"
+    assert argument_locations(loop, "train_metrics") == {"": f"{path}:4", "accuracy": f"{path}:5"}
+    assert not any(name.startswith("config_location") for name in vars(loop))
+    assert location_of(TrainingLoop(loop.dataset)) is None and argument_locations(loop.dataset, "x") == {}
+
+
+def test_the_config_modules_import_no_tag_package():
+    # rupq.tools imports rupq.config (for locations): the packages that tags name are rupq.tags's
+    # to import, on the first lookup, so that importing the loader imports none of them.
+    code = ("import sys, rupq.config, rupq.config_text; from rupq.tags import TAG_PACKAGES; "
+            "print([m for m in sys.modules if m.startswith(TAG_PACKAGES)])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_missing_config_file(tmp_path):

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, fashion_config, run_cli
-from rupq.config import ConfigCaseWarning, config_tree, config_value_text, effective_config_text, load_config
+from rupq.config import load_config
+from rupq.config_text import config_tree, config_value_text, effective_config_text
 from rupq.errors import ConfigError
+from rupq.tags import ConfigCaseWarning
 
 RUPQ_W4A4 = REPO / "rupq/examples/quantized/classification/resnet18/w4a4_rupq.yaml"
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .budgets import EXAMPLES, MODELS, ModelBudget
-from rupq.config import config_tree, config_value_text, effective_config_text, load_config
+from rupq.config import load_config
+from rupq.config_text import config_tree, config_value_text, effective_config_text
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, write_tiny_fashion_mnist, write_tiny_imagenet
 from detection_data import write_tiny_coco
-from rupq.config import config_value_text, load_config
+from rupq.config import load_config
+from rupq.config_text import config_value_text
 from rupq.main import main
 from rupq.models import create_model
 from rupq.tools.training.task import model_checkpoint
@@ -116,7 +117,7 @@ def tiny_overrides(config) -> list[str]:
 
 
 def quantizer_initializer_paths(config):
-    from rupq.config import config_tree
+    from rupq.config_text import config_tree
 
     wrappers = config_tree(config)["task"]["model_parser"]["wrappers"]
     return [f"task.model_parser.wrappers.{layer}.quantizer.{which}.initializer"

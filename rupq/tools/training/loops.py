@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from rupq.dataloaders.base import DataModule
+from rupq.errors import ConfigError
 from rupq.tools.metrics.base import Metric
 
 
@@ -33,13 +34,13 @@ def move_to(data, device: torch.device):
     return data
 
 
-def _check_metrics(metrics, which: str) -> dict:
+def _check_metrics(metrics, which: str, loop: str) -> dict:
     metrics = metrics or {}
     if not isinstance(metrics, dict):
-        raise ValueError(f"{which} must be a mapping of name -> metric, got {type(metrics).__name__}")
+        raise ConfigError(f"!{loop}: {which} must be a mapping of name -> metric, got {type(metrics).__name__}")
     for name, metric in metrics.items():
         if not all(hasattr(metric, method) for method in ("update", "compute", "reset")):
-            raise ValueError(f"{which}.{name} is not a metric (needs update/compute/reset): {metric!r}")
+            raise ConfigError(f"!{loop}: {which}.{name} is not a metric (needs update/compute/reset): {metric!r}")
     return metrics
 
 
@@ -56,14 +57,17 @@ class TrainingLoop:
         val_metrics: dict | None = None,
         print_calibration: bool = True,
     ):
+        loop = type(self).__name__  # the tag, in messages
         if not isinstance(dataset, DataModule):
-            raise ValueError(f"dataset must be a dataloader tag such as !ImageNet2012Dataloader, got {dataset!r}")
+            raise ConfigError(
+                f"!{loop}: dataset must be a dataloader tag such as !ImageNet2012Dataloader, got {dataset!r}"
+            )
         if loss is not None and not callable(loss):
-            raise ValueError(f"loss must be a loss module such as !CrossEntropyLoss, got {loss!r}")
+            raise ConfigError(f"!{loop}: loss must be a loss module such as !CrossEntropyLoss, got {loss!r}")
         self.dataset = dataset
         self.loss = loss
-        self.train_metrics: dict[str, Metric] = _check_metrics(train_metrics, "train_metrics")
-        self.val_metrics: dict[str, Metric] = _check_metrics(val_metrics, "val_metrics")
+        self.train_metrics: dict[str, Metric] = _check_metrics(train_metrics, "train_metrics", loop)
+        self.val_metrics: dict[str, Metric] = _check_metrics(val_metrics, "val_metrics", loop)
         self.print_calibration = print_calibration
 
     def unpack_batch(self, batch):

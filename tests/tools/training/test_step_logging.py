@@ -53,7 +53,7 @@ def test_log_every_n_steps_must_be_positive(tmp_path, capsys):
 
 
 def test_loading_a_config_leaves_matplotlib_alone():
-    code = ("import sys; from rupq.config import load_config, tag_registry; tag_registry(); "
+    code = ("import sys; from rupq.config import load_config; from rupq.tags import tag_registry; tag_registry(); "
             f"load_config({str(RUPQ_CONFIG)!r}); print(any(m.startswith('matplotlib') for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
