@@ -15,6 +15,7 @@ from pathlib import Path
 from .budgets import EXAMPLES, MODELS, ModelBudget
 from rupq.config import load_config
 from rupq.config_text import config_tree, config_value_text, effective_config_text
+from rupq.tools.callbacks import BenchmarkSuperresolutionCallback, QuantImagesCallback
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def callbacks_without_images(source: Path) -> list[str]:
     """Drop ``!QuantImagesCallback``: TensorBoard pictures only, not part of the recipe, and seconds of
     matplotlib per layer that the small budgets cannot spare (``QuantVarsCallback`` stays: Task adds it)."""
     callbacks = load_config(source)["task"].callbacks
-    kept = [index for index, callback in enumerate(callbacks) if type(callback).__name__ != "QuantImagesCallback"]
+    kept = [index for index, callback in enumerate(callbacks) if not isinstance(callback, QuantImagesCallback)]
     if len(kept) == len(callbacks):
         return []
     items = ", ".join(config_value_text(source, f"task.callbacks.{index}") for index in kept)
@@ -93,9 +94,9 @@ def fashion_iterations(size: ModelBudget, train_subset: int | None, root: str | 
 
 
 def count_fashion_images(root: str) -> int:
-    from rupq.dataloaders.fashion_mnist import FILES, _find, fashion_mnist_folder, read_idx
+    from rupq.dataloaders.fashion_mnist import FILES, fashion_mnist_folder, find_file, read_idx
 
-    return len(read_idx(_find(fashion_mnist_folder(root), FILES["train"][1])))
+    return len(read_idx(find_file(fashion_mnist_folder(root), FILES["train"][1])))
 
 
 def classification_config(model: str, method: str, bits: int | None, size: ModelBudget, seed: int,
@@ -156,7 +157,7 @@ def sr_config(model: str, method: str, bits: int | None, size: ModelBudget, seed
     overrides += callbacks_without_images(source)
     # The Set14 benchmark reads the demo set's Set14 copy (the validation photos): it also logs bicubic's PSNR.
     benchmark = next(i for i, c in enumerate(load_config(source, overrides)["task"].callbacks)
-                     if type(c).__name__ == "BenchmarkSuperresolutionCallback")
+                     if isinstance(c, BenchmarkSuperresolutionCallback))
     overrides.append(f"task.callbacks.{benchmark}.root={flow(str(data_root / 'Set14'))}")
     if fp:
         overrides.append(f"task.model_kwargs={flow(size.model_kwargs)}")

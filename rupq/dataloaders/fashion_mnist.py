@@ -25,7 +25,9 @@ MEAN, STD = 0.2860, 0.3530
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-def _find(folder: Path, name: str) -> Path | None:
+def find_file(folder: Path, name: str) -> Path | None:
+    """The idx file ``name`` (or ``name.gz``) in ``folder`` or in its ``FashionMNIST/raw/`` (torchvision's
+    layout); None when there is none."""
     for candidate in (folder / name, folder / f"{name}.gz", folder / "FashionMNIST" / "raw" / name,
                       folder / "FashionMNIST" / "raw" / f"{name}.gz"):
         if candidate.is_file():
@@ -62,7 +64,7 @@ def fashion_mnist_folder(root) -> Path:
     candidates += [DEBIAN_FOLDER, DOWNLOAD_FOLDER]
     names = [name for pair in FILES.values() for name in pair]
     for folder in candidates:
-        if all(_find(folder, name) for name in names):
+        if all(find_file(folder, name) for name in names):
             return folder
     try:
         from torchvision.datasets import FashionMNIST
@@ -123,7 +125,7 @@ class FashionMNISTDataloader(DataModule):
 
     def _split(self, split: str, subset: int | None, augment: bool) -> FashionMNISTImages:
         folder = self.root
-        images, labels = (read_idx(_find(folder, name)) for name in FILES[split])
+        images, labels = (read_idx(find_file(folder, name)) for name in FILES[split])
         if len(images) != len(labels):
             raise DataError(f"Fashion-MNIST {split} split in {folder}: {len(images)} images but {len(labels)} labels")
         if subset is not None and subset < len(labels):
