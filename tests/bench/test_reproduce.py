@@ -159,6 +159,9 @@ class FakeRunner:
         return {"best_val_accuracy": self.values(job.key), "version_dir": "x", "time_s": 1.0, "wall_s": 1.0,
                 "cpu_s": 1.0}
 
+    def stop(self):
+        pass
+
 
 def test_scheduler_runs_quantized_jobs_after_their_fp_and_ablates_the_cells_rupq_does_not_win(tmp_path):
     import reproduce_script
@@ -175,6 +178,55 @@ def test_scheduler_runs_quantized_jobs_after_their_fp_and_ablates_the_cells_rupq
     assert ablated == {(f"rupq:{name}", 3, seed) for name in derive.ABLATIONS for seed in (0, 1)}
     assert len(jobs) == 1 + 2 * 3 * 2 + len(derive.ABLATIONS) * 2
     assert plan.expected_runs() == 1 + 2 * 3 * 2
+
+
+class FakeCommandRunner(runs.Runner):
+    """The real runner with a stand-in command per job instead of rupq/main.py."""
+
+    def __init__(self, commands: dict):
+        super().__init__([], threads=1, fresh=True, quiet=True, report_only=False)
+        self.commands = commands
+
+    def command(self, job):
+        return [sys.executable, "-c", self.commands[job.key]]
+
+
+def fake_job(tmp_path, name: str) -> runs.Job:
+    derived = argparse.Namespace(effective_text=lambda: f"# {name}\n")
+    return runs.Job((name, "fp", None, 0), derived, tmp_path / name, tmp_path / "configs" / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["stops", "killed"])
+def test_a_failed_run_stops_the_run_beside_it_and_is_reported_at_once(tmp_path, ignores_sigterm):
+    # The sibling would sleep a minute; the failing run waits until the sibling has started, so
+    # that the sibling is under way when the failure comes.
+    started = tmp_path / "sibling.pid"
+    ignore = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " if ignores_sigterm else ""
+    runner = FakeCommandRunner({
+        ("sibling", "fp", None, 0): f"{ignore}import os, time; open({str(started)!r}, 'w').write(str(os.getpid())); "
+                                    "time.sleep(60)",
+        ("failing", "fp", None, 0): f"import os, sys, time\nwhile not os.path.exists({str(started)!r}): "
+                                    "time.sleep(0.01)\nsys.exit('the last line of its stderr')",
+    })
+    runner.stop_grace_s = 1.0
+    begin = time.monotonic()
+    try:
+        with pytest.raises(SystemExit) as failure:
+            runs.run_jobs([fake_job(tmp_path, "sibling"), fake_job(tmp_path, "failing")], runner, workers=2)
+    finally:
+        runner.stop()  # whatever happened, no process of this test outlives it
+    assert time.monotonic() - begin < 30  # the sibling's 60 s were not waited for
+    assert str(failure.value) == "error: run failing fp seed 0 failed with exit status 1: the last line of its stderr"
+    assert not runner.processes  # every process it started has exited and been reaped
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started.read_text()), 0)  # signal 0: only asks whether the process exists
+
+
+def test_no_run_starts_after_the_runner_stopped(tmp_path):
+    runner = FakeCommandRunner({("late", "fp", None, 0): "pass"})
+    runner.stop()
+    with pytest.raises(SystemExit, match="stopped before this run started"):
+        runner.run(fake_job(tmp_path, "late"))
 
 
 @pytest.fixture(scope="module", autouse=True)
