@@ -4,18 +4,18 @@ A tag ``!Name`` builds an object: a mapping node gives keyword arguments, a sequ
 positional ones, an empty node none. Anchors and aliases refer to the same object (PyYAML
 constructs an anchored node once). Tags name classes through :mod:`rupq.tags`; reading the YAML
 and ``--set`` overrides are :mod:`rupq.config_text`'s. Every error names the config file and line,
-and each object built keeps the location of its node (:func:`location_of`,
-:func:`argument_locations`) for the errors found when it is used.
+and each object built keeps the location of its node (:mod:`rupq.config_locations`) for the
+errors found when it is used.
 """
 
 import inspect
 import types
 import typing
-import weakref
 from pathlib import Path
 
 import yaml
 
+from rupq.config_locations import remember
 from rupq.config_text import ConfigLoader, compose, node_location, yaml_errors_as_config_errors
 from rupq.errors import ConfigError, RupqError
 from rupq.tags import resolve_tag
@@ -126,37 +126,6 @@ def build(cls: type, args: list, kwargs: dict, tag: str, where: str):
         raise ConfigError(f"!{tag}: {error}", where) from error
 
 
-#: ``id(obj)`` → (weak reference to ``obj``, ``file:line`` of the node that built it, the
-#: locations of its arguments) for every object a config built; an entry goes with its object.
-_built: dict[int, tuple[weakref.ref, str, dict[str, str]]] = {}
-
-
-def _remember(obj, where: str, arguments: dict[str, str]) -> None:
-    key = id(obj)
-
-    def forget(reference, key=key):  # called when obj goes; its id may then serve another object
-        entry = _built.get(key)
-        if entry is not None and entry[0] is reference:
-            _built.pop(key, None)
-
-    try:
-        reference = weakref.ref(obj, forget)
-    except TypeError:  # an object without weak references keeps no location
-        return
-    _built[key] = (reference, where, arguments)
-
-
-def _record(obj) -> tuple[weakref.ref, str, dict[str, str]] | None:
-    entry = _built.get(id(obj))
-    return entry if entry is not None and entry[0]() is obj else None
-
-
-def location_of(obj) -> str | None:
-    """``file:line`` of the config node that built ``obj``, when a config built it."""
-    record = _record(obj)
-    return record[1] if record else None
-
-
 def _argument_locations(config_path: str, node) -> dict[str, str]:
     """``{"optimizers.sgd.name": "file:line", ...}`` for the keys of an object's mapping node.
 
@@ -183,22 +152,6 @@ def _argument_locations(config_path: str, node) -> dict[str, str]:
     return locations
 
 
-def argument_locations(obj, argument: str) -> dict[str, str]:
-    """Locations under one argument of ``obj``, keyed relative to it; ``""`` is the argument itself.
-
-    ``argument_locations(task, "optimizers")["sgd.name"]`` is the line of ``name:`` in the
-    ``sgd`` entry of the task's optimizers mapping. Empty when no config built ``obj``.
-    """
-    record = _record(obj)
-    found = {}
-    for name, where in (record[2] if record else {}).items():
-        if name == argument:
-            found[""] = where
-        elif name.startswith(argument + "."):
-            found[name[len(argument) + 1 :]] = where
-    return found
-
-
 def _construct_tagged(loader: ConfigLoader, tag_suffix: str, node):
     where = node_location(loader.config_path, node)
     cls = resolve_tag(tag_suffix, where)
@@ -219,7 +172,7 @@ def _construct_tagged(loader: ConfigLoader, tag_suffix: str, node):
                 f"!{tag_suffix}: expected a mapping of arguments or nothing, got the scalar {value!r}", where
             )
         obj = build(cls, [], {}, tag_suffix, where)
-    _remember(obj, where, arguments)
+    remember(obj, where, arguments)
     return obj
 
 

@@ -98,7 +98,8 @@ def make_version_dir(args: argparse.Namespace, parallel) -> Path:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from rupq.config import load_config, location_of
+    from rupq.config import load_config
+    from rupq.config_locations import location_of
     from rupq.tags import ConfigCaseWarning
     from rupq.tools.training.parallel import setup_parallelism
     from rupq.tools.training.task import RunContext, Task

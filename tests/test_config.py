@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rupq.config import argument_locations, load_config, location_of
+from rupq.config import load_config
+from rupq.config_locations import argument_locations, location_of
 from rupq.errors import ConfigError
 from rupq.tags import tag_registry
 from rupq.tools.metrics import Accuracy
@@ -136,13 +137,16 @@ def test_locations_are_kept_beside_the_objects_not_on_them(tmp_path):
     assert location_of(TrainingLoop(loop.dataset)) is None and argument_locations(loop.dataset, "x") == {}
 
 
-def test_the_config_modules_import_no_tag_package():
-    # rupq.tools imports rupq.config (for locations): the packages that tags name are rupq.tags's
-    # to import, on the first lookup, so that importing the loader imports none of them.
-    code = ("import sys, rupq.config, rupq.config_text; from rupq.tags import TAG_PACKAGES; "
-            "print([m for m in sys.modules if m.startswith(TAG_PACKAGES)])")
+def test_the_config_modules_import_no_tag_package_and_no_tag_package_imports_them():
+    # The packages that tags name are rupq.tags's to import, on the first lookup: importing the
+    # loader imports none of them, and they read locations from rupq.config_locations, so that
+    # no import cycle runs through the loader.
+    code = ("import sys, rupq.config, rupq.config_text; from rupq.tags import TAG_PACKAGES, tag_registry; "
+            "print([m for m in sys.modules if m.startswith(TAG_PACKAGES)]); "
+            "[sys.modules.pop(m) for m in list(sys.modules) if m.startswith(('rupq.config', 'rupq.tags'))]; "
+            "tag_registry(); print([m for m in sys.modules if m in ('rupq.config', 'rupq.config_text')])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert result.stdout.split() == ["[]", "[]"], result.stdout + result.stderr
 
 
 def test_missing_config_file(tmp_path):

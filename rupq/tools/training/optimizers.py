@@ -65,7 +65,7 @@ def build_optimizers(model: nn.Module, spec, locations: dict[str, str] | None = 
     """``{name: (optimizer, scheduler or None)}`` in config order.
 
     ``locations`` maps keys of ``spec`` (``""`` for the mapping itself, ``"sgd"``, ``"sgd.name"``,
-    ``"sgd.scheduler.params"`` …) to their ``file:line`` (:func:`rupq.config.argument_locations`);
+    ``"sgd.scheduler.params"`` …) to their ``file:line`` (:func:`rupq.config_locations.argument_locations`);
     an error is reported at the most precise one known.
     """
     line = _line_of(locations or {})

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rupq.config import argument_locations, location_of
+from rupq.config_locations import argument_locations, location_of
 from rupq.errors import CheckpointError, ConfigError, RupqError
 from rupq.models import architecture_of, create_model, pretrained_model
 from rupq.models.named import split_source
