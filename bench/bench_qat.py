@@ -1,6 +1,6 @@
 """Cost of quantization-aware training against full precision, measured side by side.
 
-    python bench/bench_qat.py [--device cpu|cuda] [--steps N] [--model NAME] [--batch B] [--size S]
+    python bench/bench_qat.py [--device cpu|cuda] [--steps N] [--model NAME] [--batch B] [--size S] [--variants KIND …]
 
 torchvision resnet18 (CPU: batch 8, 112x112; CUDA: batch 256, 224x224; float32), SGD steps on
 one fixed batch. ``--model`` takes any ``model_arch`` (``torchvision:efficientnet_b0``,
@@ -295,6 +295,8 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="any model_arch: torchvision:NAME, timm:NAME, …")
     parser.add_argument("--batch", type=int, help="batch size (default: 8 on the CPU, 256 on CUDA)")
     parser.add_argument("--size", type=int, help="image height and width (default: 112 on the CPU, 224 on CUDA)")
+    parser.add_argument("--variants", nargs="+", choices=list(NAMES), default=list(NAMES), metavar="KIND",
+                        help=f"the models to time (default: all; always with fp): {', '.join(NAMES)}")
     parser.add_argument("--memory-child", choices=["fp", "rupq"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     SETUP.update(model=args.model, batch=args.batch, size=args.size)
@@ -321,19 +323,23 @@ def main() -> None:
     print(f"\ninitialize_quantizers (RUPQ w4a4, all {quantizers} quantizers): {init_total:.2f} s, "
           f"of which MinErrorInitializer {init_min_error:.2f} s  {_verdict(init_min_error, TARGETS['init_s'])}", flush=True)
 
-    variants = {kind: Variant(kind, args.device, images, labels) for kind in NAMES}
+    kinds = [kind for kind in NAMES if kind == "fp" or kind in args.variants]
+    variants = {kind: Variant(kind, args.device, images, labels) for kind in kinds}
     for variant in variants.values():
         variant.model.train()
     train, first, failures = interleaved_medians({k: v.step for k, v in variants.items()}, args.device, args.steps,
                                                  args.warmup)
     print_training(train, first, failures)
-    eval_kinds = [kind for kind in ("fp", "rupq", "lsqplus", "fp_compiled", "rupq_compiled") if kind not in failures]
+    eval_kinds = [kind for kind in ("fp", "rupq", "lsqplus", "fp_compiled", "rupq_compiled")
+                  if kind in variants and kind not in failures]
     for kind in eval_kinds:
         variants[kind].model.eval()
     evaluation, _, failures = interleaved_medians({k: variants[k].evaluate for k in eval_kinds}, args.device,
                                                   args.steps, args.warmup)
     print_eval(evaluation, eval_kinds, failures)
 
+    if "rupq" not in variants:
+        return
     memory = {kind: peak_memory(kind, args.device) for kind in ("fp", "rupq")}
     unit = "max RSS" if args.device == "cpu" else "max allocated"
     ratio = memory["rupq"] / memory["fp"]
@@ -345,6 +351,8 @@ def print_training(train: dict, first: dict, failures: dict) -> None:
     print(f"\ntraining step{'':31s}{'median':>10s}{'vs FP eager':>13s}{'vs FP compiled':>16s}   first step")
     for kind, label in NAMES.items():
         label = label.format(first=SETUP["first"])
+        if kind not in train and kind not in failures:
+            continue
         if kind in failures:
             print(f"  {label:42s}torch.compile failed: {failures[kind]}")
             continue
@@ -357,14 +365,17 @@ def print_training(train: dict, first: dict, failures: dict) -> None:
             note = _verdict(train[kind] / train["fp_compiled"], TARGETS["train_compiled"])
         print(f"  {label:42s}{train[kind] * 1e3:8.1f} ms{against_fp:12.2f}{against_compiled}"
               f"{first[kind]:10.1f} s  {note}")
-    share = (train["rupq"] - train["rupq_no_input_grad"]) / train["rupq"]
-    print(f"  {SETUP['first']}'s input gradient (only for its input quantizer's step and offset): {share:.1%} "
-          "of the RUPQ step")
-    extra = {side: train[f"rupq_{side}_only"] / train["fp"] - 1 for side in ("weights", "inputs")}
-    print(f"  extra time over FP eager: weight quantizers {extra['weights']:+.0%}, input quantizers {extra['inputs']:+.0%} "
-          f"(all of RUPQ: {train['rupq'] / train['fp'] - 1:+.0%})")
-    print(f"  quantizers returning x add {train['rupq_identity'] / train['fp'] - 1:+.0%}, returning x*s "
-          f"{train['rupq_times_step'] / train['fp'] - 1:+.0%}: the least a learnable step costs at this size", flush=True)
+    if {"rupq", "rupq_no_input_grad"} <= train.keys():
+        share = (train["rupq"] - train["rupq_no_input_grad"]) / train["rupq"]
+        print(f"  {SETUP['first']}'s input gradient (only for its input quantizer's step and offset): {share:.1%} "
+              "of the RUPQ step")
+    if {"rupq", "rupq_weights_only", "rupq_inputs_only"} <= train.keys():
+        extra = {side: train[f"rupq_{side}_only"] / train["fp"] - 1 for side in ("weights", "inputs")}
+        print(f"  extra time over FP eager: weight quantizers {extra['weights']:+.0%}, input quantizers "
+              f"{extra['inputs']:+.0%} (all of RUPQ: {train['rupq'] / train['fp'] - 1:+.0%})")
+    if {"rupq_identity", "rupq_times_step"} <= train.keys():
+        print(f"  quantizers returning x add {train['rupq_identity'] / train['fp'] - 1:+.0%}, returning x*s "
+              f"{train['rupq_times_step'] / train['fp'] - 1:+.0%}: the least a learnable step costs at this size")
 
 
 def print_eval(evaluation: dict, eval_kinds: list[str], failures: dict) -> None:
