@@ -29,6 +29,12 @@ os.environ.setdefault(
     "TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"torchinductor_rupq_tests_{os.getuid()}")
 )
 
+# pytest.ini runs the suite in one pytest-xdist worker per core (at most 4): each worker, and the
+# runs it starts, keeps to one intra-op thread, so that two workers on two cores ask for two.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write ``array`` (uint8) as a gzipped idx file, the MNIST/Fashion-MNIST format."""

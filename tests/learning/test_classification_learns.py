@@ -13,6 +13,9 @@ import pytest
 
 from conftest import REPO, edit_shipped, run_main, write_config, write_glyph_fashion_mnist
 
+# One pytest-xdist worker runs this module: its tests share a trained model (a module fixture).
+pytestmark = pytest.mark.xdist_group(__name__)
+
 QUICKSTART = REPO / "rupq" / "examples" / "quickstart"
 TRAIN_IMAGES, TEST_IMAGES, BATCH = 480, 200, 32
 ITERATIONS_PER_EPOCH = TRAIN_IMAGES // BATCH

@@ -5,6 +5,9 @@ import pytest
 from conftest import REPO, fashion_config, write_tiny_fashion_mnist
 from rupq.main import main
 
+# One pytest-xdist worker runs this module: its tests share a trained model (a module fixture).
+pytestmark = pytest.mark.xdist_group(__name__)
+
 QUICKSTART_RUPQ = REPO / "rupq/examples/quickstart/w4a4_rupq.yaml"
 TINY = ["dataset.batch_size=32", "dataset.num_workers=0"]
 

@@ -27,6 +27,9 @@ from rupq.dataloaders.base import EpochSampler
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint, save_atomic
 from training_state import assert_identical, results, tensorboard_scalars
 
+# One pytest-xdist worker runs this module: its tests share a trained model (a module fixture).
+pytestmark = pytest.mark.xdist_group(__name__)
+
 # ---- non-finite loss ------------------------------------------------------------------------
 
 

@@ -26,6 +26,9 @@ from rupq.tools.training.task import RunContext
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint
 from training_state import assert_identical, results, tensorboard_scalars
 
+# One pytest-xdist worker runs this module: its tests share a trained model (a module fixture).
+pytestmark = pytest.mark.xdist_group(__name__)
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 RUPQ_CONFIG = """
