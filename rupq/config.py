@@ -85,20 +85,21 @@ def _check_arguments(signature: inspect.Signature, args: list, kwargs: dict, tag
 
 def _raised_by_constructor(error: BaseException, cls: type) -> bool:
     """Whether ``error``, caught in :func:`build`, was raised by the constructor of ``cls`` itself:
-    in the body of an ``__init__`` / ``__new__`` of ``cls`` or of a base, or by a constructor
-    written in C (no Python frame below build's), rather than in a function they called."""
+    in the body of an ``__init__`` of the object being built (its class's or a base's) or a
+    ``__new__`` of ``cls``, or by a constructor written in C (no Python frame below build's),
+    rather than in a function they called. Judged by the frame, not by the function's code: torch
+    wraps ``nn.Module.__init__`` once dynamo is imported."""
     innermost = error.__traceback__
     if innermost.tb_next is None:
         return True
     while innermost.tb_next is not None:
         innermost = innermost.tb_next
-    for klass in cls.__mro__:
-        for name in ("__init__", "__new__"):
-            function = vars(klass).get(name)
-            function = getattr(function, "__func__", function)  # __new__ is a staticmethod
-            code = getattr(inspect.unwrap(function), "__code__", None) if function is not None else None
-            if code is innermost.tb_frame.f_code:
-                return True
+    frame = innermost.tb_frame
+    if frame.f_code.co_name == "__init__":
+        return isinstance(frame.f_locals.get("self"), cls)
+    if frame.f_code.co_name == "__new__":
+        built = frame.f_locals.get("cls")
+        return isinstance(built, type) and issubclass(built, cls)
     return False
 
 
