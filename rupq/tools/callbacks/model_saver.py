@@ -24,7 +24,7 @@ class ModelSaver(Callback):
 
     def _save(self, trainer) -> None:
         if trainer.is_main and trainer.log_dir is not None:
-            save_atomic(trainer.model_checkpoint(), trainer.log_dir / "model.ckpt")
+            save_atomic(trainer.build_model_checkpoint(), trainer.log_dir / "model.ckpt")
 
     def _improved(self, value: float) -> bool:
         if math.isnan(value):

@@ -333,7 +333,7 @@ class Task:
             log_dir=context.version_dir,
             check_val_every_n_epochs=1 if fast else self.check_val_every_n_epochs,
             seed=self.seed,
-            model_checkpoint=lambda: model_checkpoint(model),
+            build_model_checkpoint=lambda: model_checkpoint(model),
             train_model=train_model,
             is_main=context.is_main,
             precision=self.precision if context.precision is None else context.precision,

@@ -96,7 +96,7 @@ class Trainer:
         log_dir: Path | None = None,
         check_val_every_n_epochs: int = 1,
         seed: int = 0,
-        model_checkpoint=None,
+        build_model_checkpoint=None,
         train_model: nn.Module | None = None,
         is_main: bool = True,
         precision: str = "fp32",
@@ -113,7 +113,7 @@ class Trainer:
         self.log_dir = Path(log_dir) if log_dir else None
         self.check_val_every_n_epochs = check_val_every_n_epochs
         self.seed = seed
-        self.model_checkpoint = model_checkpoint
+        self.build_model_checkpoint = build_model_checkpoint  # () -> the model.ckpt dict (task.model_checkpoint)
         self.is_main = is_main
         # Mixed precision: the forward pass (and loss) under autocast; fp16 also scales the loss
         # so that small gradients do not underflow (bf16 has float32's exponent range).
@@ -201,7 +201,7 @@ class Trainer:
                    epoch_sums: list[dict] | None = None) -> dict:
         return {
             "format": TRAINING_FORMAT,
-            "model": self.model_checkpoint(),
+            "model": self.build_model_checkpoint(),
             "optimizers": {name: opt.state_dict() for name, (opt, _) in self.optimizers.items()},
             "optimizer_types": {name: type(opt).__name__ for name, (opt, _) in self.optimizers.items()},
             "schedulers": {name: s.state_dict() for name, (_, s) in self.optimizers.items() if s is not None},
