@@ -58,3 +58,13 @@ class CheckpointError(RupqError):
 
 class ExportError(RupqError):
     """A model or layer the exporter cannot express, or an export that does not match PyTorch."""
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a resumable checkpoint was written because the run was asked to stop (SIGTERM,
+    Ctrl-C): not an error, ``main.py`` prints it with status 130. Here, and not beside the trainer,
+    so that the command line reports a missing config file before it imports torch."""
+
+    def __init__(self, checkpoint):
+        super().__init__(f"training interrupted; resume with --checkpoint_path {checkpoint}")
+        self.checkpoint = checkpoint

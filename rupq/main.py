@@ -20,7 +20,7 @@ from pathlib import Path
 
 # `import rupq` needs the package installed (`pip install -e .`, see the README).
 from rupq.config_text import effective_config_text
-from rupq.errors import ConfigError, RupqError  # no torch import yet: --gpu comes first
+from rupq.errors import ConfigError, RupqError, TrainingInterrupted  # no torch import yet: --gpu comes first
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,12 +101,15 @@ def run(args: argparse.Namespace) -> Path:
     from rupq.config import load_config
     from rupq.config_locations import location_of
     from rupq.tags import ConfigCaseWarning
-    from rupq.tools.training.parallel import setup_parallelism
-    from rupq.tools.training.task import RunContext, Task
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigCaseWarning)
         config = load_config(args.config, args.overrides)
+    # Imported once the config has loaded: a missing file or a YAML typo is reported without
+    # the seconds of importing torch (a config's tags import it when they build objects).
+    from rupq.tools.training.parallel import setup_parallelism
+    from rupq.tools.training.task import RunContext, Task
+
     for warning in caught:  # one line each, like the errors (not Python's "file:line: Category" form)
         if issubclass(warning.category, ConfigCaseWarning):
             print(f"warning: {warning.message}", file=sys.stderr, flush=True)
@@ -143,8 +146,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu  # before torch initialises CUDA
-    from rupq.tools.training.trainer import TrainingInterrupted
-
     try:
         run(args)
         return

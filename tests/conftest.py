@@ -124,13 +124,13 @@ def datasets_info(tmp_path, monkeypatch):
     return set_paths
 
 
-def run_cli(*args, env=None, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
-    """Run ``python rupq/main.py ARGS`` as a user would, from the repository root."""
+def run_cli(*args, env=None, cwd=REPO, timeout=600, script=REPO / "rupq" / "main.py") -> subprocess.CompletedProcess:
+    """Run ``python rupq/main.py ARGS`` (or another ``script``) as a user would, from the repository root."""
     full_env = dict(os.environ)
     full_env.pop("PYTHONPATH", None)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, str(REPO / "rupq" / "main.py"), *map(str, args)],
+        [sys.executable, str(script), *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
 

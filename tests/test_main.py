@@ -1,11 +1,13 @@
-"""End-to-end runs of the command line on tiny data (subprocesses, as a user runs them)."""
+"""End-to-end runs of the command line on tiny data: ``rupq.main.main`` in this process (the
+command's own parsing, printing and exit status), and a fresh interpreter where the process
+itself matters (``python -m rupq``, a missing config reported before torch is imported, a
+checkpoint that would run code). Resuming in a fresh process: tests/reliability."""
 
-import pickle
 import re
 
 import torch
 
-from conftest import REPO, fashion_config, run_cli, write_config
+from conftest import REPO, fashion_config, run_cli, run_main, write_config
 from rupq.tools.utils.checkpoint import load_checkpoint
 
 
@@ -15,7 +17,7 @@ def test_resnet18_example_config_trains_on_imagenet_layout(tmp_path, tiny_imagen
     text = text.replace("batch_size: 512", "batch_size: 4\n  num_workers: 0").replace("epochs: 90", "epochs: 1")
     config = write_config(tmp_path / "fp.yaml", text)
     logdir = tmp_path / "logs"
-    first = run_cli("--config", config, "--logdir", logdir)
+    first = run_main("--config", config, "--logdir", logdir)
     assert first.returncode == 0, first.stderr
     version = logdir / "version_0"
     for name in ("model.ckpt", "config.yaml", "results.json", "checkpoints/last.ckpt"):
@@ -24,7 +26,7 @@ def test_resnet18_example_config_trains_on_imagenet_layout(tmp_path, tiny_imagen
     model = load_checkpoint(version / "model.ckpt")
     assert model["arch"] == {"name": "resnet18", "kwargs": {}} and model["quantized"] is False
     first_run_files = {path: path.read_bytes() for path in version.rglob("*") if path.is_file()}
-    second = run_cli("--config", config, "--logdir", logdir)
+    second = run_main("--config", config, "--logdir", logdir)
     assert second.returncode == 0, second.stderr
     assert (logdir / "version_1" / "model.ckpt").is_file()
     # The first run was left alone: the same files, byte for byte.
@@ -38,9 +40,9 @@ def final_weights(version_dir):
 def test_resume_after_epoch_one_equals_uninterrupted_run(tmp_path, tiny_fashion_mnist):
     two = fashion_config(tmp_path / "two.yaml", tiny_fashion_mnist, epochs=2)
     one = fashion_config(tmp_path / "one.yaml", tiny_fashion_mnist, epochs=1)
-    assert run_cli("--config", two, "--logdir", tmp_path / "straight").returncode == 0
-    assert run_cli("--config", one, "--logdir", tmp_path / "stopped").returncode == 0
-    resumed = run_cli("--config", two, "--logdir", tmp_path / "resumed",
+    assert run_main("--config", two, "--logdir", tmp_path / "straight").returncode == 0
+    assert run_main("--config", one, "--logdir", tmp_path / "stopped").returncode == 0
+    resumed = run_main("--config", two, "--logdir", tmp_path / "resumed",
                       "--checkpoint_path", tmp_path / "stopped/version_0/checkpoints/last.ckpt")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at epoch 2, iteration 1" in resumed.stdout
@@ -56,7 +58,7 @@ def test_load_round_trip(tmp_path, tiny_fashion_mnist):
     from rupq.tools.training.task import RunContext
 
     trained = fashion_config(tmp_path / "fp.yaml", tiny_fashion_mnist)
-    assert run_cli("--config", trained, "--logdir", tmp_path / "fp").returncode == 0
+    assert run_main("--config", trained, "--logdir", tmp_path / "fp").returncode == 0
     checkpoint = tmp_path / "fp/version_0/model.ckpt"
     finetune = fashion_config(tmp_path / "ft.yaml", tiny_fashion_mnist, with_model=False)
     task = load_config(finetune)["task"]
@@ -64,7 +66,7 @@ def test_load_round_trip(tmp_path, tiny_fashion_mnist):
     saved = load_checkpoint(checkpoint)["state_dict"]
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved[name]), name
-    result = run_cli("--config", finetune, "--logdir", tmp_path / "ft", "--load", checkpoint)
+    result = run_main("--config", finetune, "--logdir", tmp_path / "ft", "--load", checkpoint)
     assert result.returncode == 0, result.stderr
 
 
@@ -96,10 +98,10 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, tiny_fashion_mnist):
 def test_model_source_errors(tmp_path, tiny_fashion_mnist):
     with_model = fashion_config(tmp_path / "a.yaml", tiny_fashion_mnist)
     without = fashion_config(tmp_path / "b.yaml", tiny_fashion_mnist, with_model=False)
-    both = run_cli("--config", with_model, "--logdir", tmp_path / "l", "--load", tmp_path / "x.ckpt")
+    both = run_main("--config", with_model, "--logdir", tmp_path / "l", "--load", tmp_path / "x.ckpt")
     assert both.returncode == 2
     assert re.search(r"a\.yaml:\d+: the config sets model_arch and --load was given", both.stderr)
-    neither = run_cli("--config", without, "--logdir", tmp_path / "l")
+    neither = run_main("--config", without, "--logdir", tmp_path / "l")
     assert neither.returncode == 2 and "no model: set model_arch in the config or give --load" in neither.stderr
 
 
@@ -107,7 +109,7 @@ def test_missing_dataset_folder_is_one_line(tmp_path, datasets_info):
     datasets_info(imagenet2012=tmp_path / "nowhere")
     text = (REPO / "rupq/examples/float/classification/resnet18/fp.yaml").read_text()
     config = write_config(tmp_path / "fp.yaml", text)
-    result = run_cli("--config", config, "--logdir", tmp_path / "logs")
+    result = run_main("--config", config, "--logdir", tmp_path / "logs")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == [
@@ -128,3 +130,17 @@ def test_python_dash_m_and_logdir_that_is_a_file(tmp_path, tiny_fashion_mnist):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --logdir {afile} is a file, not a folder"
+
+
+def test_a_missing_config_or_a_yaml_typo_is_reported_before_torch_is_imported(tmp_path):
+    """A typo costs a fraction of a second, not the seconds of importing torch."""
+    import subprocess
+    import sys
+
+    (tmp_path / "typo.yaml").write_text("task: [1\n")
+    code = ("import sys\nfrom rupq.main import main\nfor config in ('missing.yaml', 'typo.yaml'):\n"
+            "    try:\n        main(['--config', config, '--logdir', 'logs'])\n"
+            "    except SystemExit as exit:\n        print(exit.code, 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.stdout.split("\n")[:2] == ["2 False", "2 False"], result.stderr
+    assert "config file not found: missing.yaml" in result.stderr and "typo.yaml:2: YAML syntax error" in result.stderr

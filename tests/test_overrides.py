@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, fashion_config, run_cli
+from conftest import REPO, fashion_config, run_main
 from rupq.config import load_config
 from rupq.config_text import config_tree, config_value_text, effective_config_text
 from rupq.errors import ConfigError
@@ -126,7 +126,7 @@ def test_a_tag_in_another_case_is_accepted_with_a_warning(tmp_path):
 def test_cli_saves_the_effective_config_and_lists_overrides(tmp_path, tiny_fashion_mnist):
     config = fashion_config(tmp_path / "fp.yaml", tiny_fashion_mnist)
     config.write_text(config.read_text().replace("!Accuracy", "!accuracy", 1))
-    result = run_cli("--config", config, "--logdir", tmp_path / "logs", "--set", "dataset.batch_size=32",
+    result = run_main("--config", config, "--logdir", tmp_path / "logs", "--set", "dataset.batch_size=32",
                      "--set", "task.epochs=2")
     assert result.returncode == 0, result.stderr
     assert f"warning: {config}:" in result.stderr and "tag !accuracy read as !Accuracy" in result.stderr
@@ -135,7 +135,7 @@ def test_cli_saves_the_effective_config_and_lists_overrides(tmp_path, tiny_fashi
     assert saved["task"].epochs == 2 and saved["dataset"].batch_size == 32
     assert json.loads((version / "results.json").read_text())["overrides"] == ["dataset.batch_size=32", "task.epochs=2"]
 
-    wrong = run_cli("--config", config, "--logdir", tmp_path / "logs", "--set", "task.epoch=2")
+    wrong = run_main("--config", config, "--logdir", tmp_path / "logs", "--set", "task.epoch=2")
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines()[-1] == "error: --set task.epoch=2: no key 'epoch' in task (a !Task); closest: epochs"
     assert "Traceback" not in wrong.stderr and not (tmp_path / "logs" / "version_1").exists()

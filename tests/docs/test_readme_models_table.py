@@ -1,5 +1,6 @@
 """README.md's models × recipes × datasets table is scripts/models_table.py's output, not a hand-kept copy."""
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -17,6 +18,7 @@ def fresh_interpreter(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
 
 
+@functools.cache  # both tests read it: one fresh interpreter, not two
 def generated_table() -> str:
     return fresh_interpreter(f"import runpy, sys; sys.argv = ['models_table']; "
                              f"runpy.run_path({str(REPO / 'scripts' / 'models_table.py')!r}, run_name='__main__')")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CLASSIFICATION_LOOP_AND_TASK, REPO, fashion_config, run_cli, write_config
+from conftest import CLASSIFICATION_LOOP_AND_TASK, REPO, fashion_config, write_config
 from reliability_support import ONE_THREAD, one_error_line, run_main
 from rupq.dataloaders.base import EpochSampler
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, load_checkpoint, save_atomic
@@ -156,7 +156,7 @@ def interrupt_while_it_waits_for_an_image(config, logdir, image: Path, send) -> 
 def uninterrupted(tmp_path_factory):
     """The reference: the same run from start to end (once for the module)."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    result = run_cli("--config", write_workers_run(folder), "--logdir", folder / "straight", env=ONE_THREAD)
+    result = run_main("--config", write_workers_run(folder), "--logdir", folder / "straight")
     assert result.returncode == 0, result.stderr[-3000:]
     return folder / "straight" / "version_0"
 
@@ -180,8 +180,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_the_uninterrupted_run(tmp_pat
     assert saved["epoch"] == 0 and 1 <= saved["batch"] <= BLOCKING_BATCH + 1, (saved["epoch"], saved["batch"])
     assert not (tmp_path / "stopped" / "version_0" / "results.json").exists()
 
-    resumed = run_cli("--config", config, "--logdir", tmp_path / "resumed", "--checkpoint_path", checkpoint_path,
-                      env=ONE_THREAD)
+    resumed = run_main("--config", config, "--logdir", tmp_path / "resumed", "--checkpoint_path", checkpoint_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming at epoch 1, iteration {saved['batch'] + 1}" in resumed.stdout
     actual = tmp_path / "resumed" / "version_0"

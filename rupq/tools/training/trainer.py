@@ -17,19 +17,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from rupq.errors import RupqError
+from rupq.errors import RupqError, TrainingInterrupted
 from rupq.tools.metrics.base import Metric
 from rupq.tools.training.loops import TrainingLoop, move_to
 from rupq.tools.training.parallel import any_process, gather_from_every_process, process_index, synchronize_buffers
 from rupq.tools.utils.checkpoint import TRAINING_FORMAT, save_atomic
-
-
-class TrainingInterrupted(Exception):
-    """Raised after a resumable checkpoint was written because the run was asked to stop."""
-
-    def __init__(self, checkpoint: Path | None):
-        super().__init__(f"training interrupted; resume with --checkpoint_path {checkpoint}")
-        self.checkpoint = checkpoint
 
 
 class NonFiniteLoss(RupqError):

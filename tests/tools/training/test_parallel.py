@@ -1,6 +1,6 @@
 """Several devices: mode selection, DataParallel wrapping (on the CPU) and real DDP runs over gloo.
 
-The distributed tests start ``torchrun --standalone --nproc_per_node 2`` on ``ddp_worker.py``
+The distributed tests start ``torchrun --standalone --nproc_per_node 2`` on ``callback_main.py``
 (``rupq/main.py``, one run per launch, with a callback that dumps every process's model) and
 compare with one-process runs of the same config and global batch, run by the command line's
 ``main`` in this process.
@@ -29,7 +29,7 @@ from training_state import assert_identical, results, tensorboard_scalars
 # One pytest-xdist worker runs this module: its tests share a trained model (a module fixture).
 pytestmark = pytest.mark.xdist_group(__name__)
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = Path(__file__).with_name("callback_main.py")
 
 RUPQ_CONFIG = """
 model_parser: &model_parser !ModelParser
@@ -87,7 +87,7 @@ TINY = {"model": "tiny_convnet", "first": "'0'", "model_kwargs": ""}  # tiny_mod
 SMALL_RESNET = {"model": "small_resnet", "first": "conv1", "model_kwargs": "  model_kwargs: {widths: [4, 8], blocks: [1, 1]}\n"}
 
 
-DUMP = "!DumpProcessState {}"  # ddp_worker.py's callback tags: only runs under the worker name them
+DUMP = "!DumpProcessState {}"  # callback_main.py's callback tags: only runs under the worker name them
 STOP_AT_EPOCH_2 = "!SigtermAtEpochStart {epoch: 2}"
 
 
@@ -98,7 +98,7 @@ def rupq_config(path: Path, root: Path, epochs: int, model: dict, callbacks=(), 
 
 
 def launch(*arguments, processes: int = 2, status: int = 0) -> subprocess.CompletedProcess:
-    """One run of ``ddp_worker.py`` (``rupq/main.py ARGUMENTS``) under torchrun over gloo."""
+    """One run of ``callback_main.py`` (``rupq/main.py ARGUMENTS``) under torchrun over gloo."""
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "CUDA_VISIBLE_DEVICES")}
     env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on the CPU even where there is a GPU
     env["OMP_NUM_THREADS"] = "1"
