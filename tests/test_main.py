@@ -4,6 +4,8 @@ itself matters (``python -m rupq``, a missing config reported before torch is im
 checkpoint that would run code). Resuming in a fresh process: tests/reliability."""
 
 import re
+import subprocess
+import sys
 
 import torch
 
@@ -120,9 +122,6 @@ def test_missing_dataset_folder_is_one_line(tmp_path, datasets_info):
 
 
 def test_python_dash_m_and_logdir_that_is_a_file(tmp_path, tiny_fashion_mnist):
-    import subprocess
-    import sys
-
     config = fashion_config(tmp_path / "a.yaml", tiny_fashion_mnist)
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -134,9 +133,6 @@ def test_python_dash_m_and_logdir_that_is_a_file(tmp_path, tiny_fashion_mnist):
 
 def test_a_missing_config_or_a_yaml_typo_is_reported_before_torch_is_imported(tmp_path):
     """A typo costs a fraction of a second, not the seconds of importing torch."""
-    import subprocess
-    import sys
-
     (tmp_path / "typo.yaml").write_text("task: [1\n")
     code = ("import sys\nfrom rupq.main import main\nfor config in ('missing.yaml', 'typo.yaml'):\n"
             "    try:\n        main(['--config', config, '--logdir', 'logs'])\n"
